@@ -1,0 +1,216 @@
+"""DO-Conv: depthwise over-parameterized convolution (Cao et al., arXiv 2006.12030).
+
+Names follow the paper: for an M x N kernel (MN = M*N), the depthwise stage ``D`` maps each input
+channel's MN patch values to ``D_mul >= MN`` features, and the conventional stage ``W`` maps those
+features to the outputs. Both are linear, so they compose into one ordinary kernel::
+
+    K[o, i, m] = sum_s (D[c, m, s] + I[m, s]) * W[o, i, s],   c = group(o) * C_in/groups + i
+
+``I`` is the MN x D_mul identity (zero beyond column MN), and ``D`` starts at zero, so training
+starts exactly at the plain convolution. ``D`` belongs to the *global* input channel ``c`` for every
+``groups`` (DO-Conv: groups=1, DO-DConv: groups=C_in, DO-GConv: otherwise); the reference
+implementation pairs ``D`` with the wrong channels when 1 < groups < C_in.
+
+Layout of the parameters. ``W`` is stored as the layer's ordinary ``weight`` (its first MN
+columns, in kernel shape) plus ``W_extra`` (the remaining ``D_mul - MN`` columns, only when
+D_mul > MN). Hence ``K = weight + sum_s D[c, :, s] * W[o, i, s]``:
+
+* a plain conv's state dict (``weight``, ``bias``) is a complete DO-Conv state at ``D = 0``;
+* initialisers and tools that read or write ``.weight`` see the usual kernel shape;
+* with the default D_mul = MN, ``K`` is linear in ``weight`` for a fixed ``D``, so a per-output-
+  channel rescaling of ``weight`` (mmcv's ``fuse_conv_bn``, ``ConvModule``'s efficient conv-bn
+  eval) rescales ``K`` the same way and stays exact.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.registry import MODELS
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+_PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
+
+
+def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor] = None) -> Tensor:
+    """Compose the DO-Conv kernel ``K`` from ``W = [weight | W_extra]`` and ``D`` (see module doc).
+
+    Args:
+        weight: (C_out, C_in/groups, M, N), the first MN columns of ``W``.
+        D: (C_in, MN, D_mul) or None (1x1 kernels: ``K = weight``).
+        W_extra: (C_out, C_in/groups, D_mul - MN) or None when D_mul == MN.
+    """
+    if D is None:
+        return weight
+    c_out, c_in_g, kh, kw = weight.shape
+    c_in, mn, d_mul = D.shape
+    groups = c_in // c_in_g
+    W = weight.reshape(c_out, c_in_g, mn)
+    if W_extra is not None:
+        W = torch.cat([W, W_extra], dim=2)
+    # One batched matmul over (group, input channel): (C_out/g x D_mul) @ (D_mul x MN).
+    W = W.view(groups, c_out // groups, c_in_g, d_mul).transpose(1, 2)
+    delta = W @ D.view(groups, c_in_g, mn, d_mul).transpose(2, 3)
+    # The identity part of D + I is ``weight`` itself; the add also restores the kernel layout.
+    K = weight.view(groups, c_out // groups, c_in_g, mn) + delta.transpose(1, 2)
+    return K.view(c_out, c_in_g, kh, kw)
+
+
+def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups, padding_mode,
+                D_mul) -> Tuple[int, int]:
+    """Validate DOConv2d's arguments; returns the kernel size as a pair."""
+    ks = (kernel_size, ) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+    if len(ks) != 2 or not all(isinstance(k, int) and k > 0 for k in ks):
+        raise ValueError(f'kernel_size must be a positive int or a pair of them (a 2D kernel), '
+                         f'got {kernel_size!r}')
+    for name, value in (('in_channels', in_channels), ('out_channels', out_channels)):
+        if groups < 1 or value % groups:
+            raise ValueError(f'{name}={value} must be divisible by groups={groups} '
+                             f'(groups must be a positive divisor of both channel counts)')
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f'padding_mode={padding_mode!r} is not supported; '
+                         f'allowed: {", ".join(map(repr, _PADDING_MODES))}')
+    if isinstance(padding, str):
+        if padding not in ('same', 'valid'):
+            raise ValueError(f"padding={padding!r} is not supported; allowed: 'same', 'valid', "
+                             f'an int or a pair of ints')
+        if padding == 'same' and any(s != 1 for s in _pair(stride)):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride!r}")
+    mn = ks[0] * ks[1]
+    if D_mul is not None and mn > 1 and (not isinstance(D_mul, int) or D_mul < mn):
+        raise ValueError(f'D_mul={D_mul!r} must be an int >= M*N = {mn} for a '
+                         f'{ks[0]}x{ks[1]} kernel')
+    return ks
+
+
+@MODELS.register_module('DOConv')
+class DOConv2d(nn.Conv2d):
+    """A drop-in ``nn.Conv2d`` trained as DO-Conv (DO-DConv / DO-GConv for groups > 1).
+
+    Takes ``nn.Conv2d``'s arguments plus keyword-only ``D_mul`` (default M*N; ignored for 1x1
+    kernels, which have no ``D`` and are plain convolutions). When the composed kernel needs no
+    gradient (eval under ``torch.no_grad``), it is computed once and reused until a parameter
+    changes, so unfolded inference costs what a plain conv costs. :meth:`fold` returns the
+    equivalent ``nn.Conv2d``.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[str, int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1,
+                 groups: int = 1,
+                 bias: bool = True,
+                 padding_mode: str = 'zeros',
+                 device=None,
+                 dtype=None,
+                 *,
+                 D_mul: Optional[int] = None) -> None:
+        kh, kw = _check_args(in_channels, out_channels, kernel_size, stride, padding, groups,
+                             padding_mode, D_mul)
+        super().__init__(in_channels, out_channels, (kh, kw), stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        mn = kh * kw
+        self.D_mul = mn if (D_mul is None or mn == 1) else D_mul
+        factory = dict(device=device, dtype=dtype)
+        self.D = nn.Parameter(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
+            if mn > 1 else None
+        self.W_extra = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
+            if self.D_mul > mn else None
+        self._cache = None  # (key, kernel) of the last composition that needed no gradient
+        self._init_do_params()
+
+    def _init_do_params(self) -> None:
+        """``D = 0`` (identity start); ``W_extra`` as PyTorch initialises a conv's weight.
+
+        ``W_extra`` must not be zero: at ``D = 0`` its gradient and that of ``D``'s extra columns
+        are each proportional to the other, so both would stay zero forever.
+        """
+        if self.D is not None:
+            nn.init.zeros_(self.D)
+        if self.W_extra is not None:
+            nn.init.kaiming_uniform_(self.W_extra, a=5**0.5)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, 'W_extra'):  # nn.Conv2d.__init__ calls this before D exists
+            self._init_do_params()
+
+    def kernel(self, weight: Optional[Tensor] = None) -> Tensor:
+        """The composed kernel ``K`` for ``weight`` (default: the layer's own)."""
+        weight = self.weight if weight is None else weight
+        if self.W_extra is not None and weight is not self.weight:
+            raise RuntimeError(
+                'DOConv2d with D_mul > M*N cannot compose a kernel from an externally transformed '
+                'weight (e.g. ConvModule(efficient_conv_bn_eval=True)); use D_mul = M*N, or fold '
+                'the model first with doconv_mm.fold_model')
+        # Composed in the parameters' dtype even under autocast; the conv itself is autocast.
+        with torch.autocast(weight.device.type, enabled=False):
+            return do_conv_kernel(weight, self.D, self.W_extra)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return super()._conv_forward(input, self._cached_kernel(weight), bias)
+
+    def _cached_kernel(self, weight: Tensor) -> Tensor:
+        if self.D is None:
+            return weight
+        params = (weight, self.D, self.W_extra)
+        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+            self._cache = None
+            return self.kernel(weight)
+        # Parameters change in place (optimizer steps, load_state_dict) or by replacement.
+        key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params
+                    if p is not None)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.kernel(weight))
+        return self._cache[1]
+
+    def train(self, mode: bool = True) -> 'DOConv2d':
+        self._cache = None
+        return super().train(mode)
+
+    def __setattr__(self, name: str, value) -> None:
+        # mmcv's fuse_conv_bn replaces ``weight`` by a rescaled copy, which is exact only when
+        # K is linear in ``weight`` alone, i.e. D_mul == M*N.
+        if (name == 'weight' and isinstance(value, nn.Parameter)
+                and self.__dict__.get('_parameters', {}).get('W_extra') is not None):
+            raise RuntimeError('replacing the weight of a DOConv2d with D_mul > M*N (e.g. by '
+                               'mmcv fuse_conv_bn) would drop W_extra from the kernel; fold the '
+                               'model first with doconv_mm.fold_model')
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Load a plain conv's state dict (``weight``, ``bias``) as the identity start.
+
+        Without ``D`` in the state dict, ``D`` is set to zero (and ``W_extra``, which then has no
+        effect, kept), so the layer computes exactly what the plain conv computes; this is how
+        ImageNet-pretrained backbones are used. Even ``strict=True`` accepts such a state dict.
+        """
+        if self.D is not None and prefix + 'weight' in state_dict and prefix + 'D' not in state_dict:
+            state_dict[prefix + 'D'] = torch.zeros_like(self.D)
+            if self.W_extra is not None:
+                state_dict.setdefault(prefix + 'W_extra', self.W_extra.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Conv2d:
+        """The equivalent plain ``nn.Conv2d``: the kernel composed in float64, cast back."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, self.groups, self.bias is not None,
+                         self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
+        W_extra = None if self.W_extra is None else self.W_extra.double()
+        D = None if self.D is None else self.D.double()
+        conv.weight.copy_(do_conv_kernel(self.weight.double(), D, W_extra))
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        conv.weight.requires_grad_(self.weight.requires_grad)
+        return conv.train(self.training)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', D_mul={self.D_mul}'
