@@ -1,5 +1,5 @@
+# The project's commands. Each runs the one-time setup first (tools/setup_env.sh; a no-op when done).
 PY := .venv/bin/python
-STAMP := .venv/.doconv_mm-setup
 
 .PHONY: setup test demo lint
 .DEFAULT_GOAL := test
@@ -7,8 +7,10 @@ STAMP := .venv/.doconv_mm-setup
 setup:
 	@bash tools/setup_env.sh
 
+# pytest exits 5 when it collected no test: that is a failure here, the suite must hold real tests.
 test: setup
-	$(PY) -m pytest tests -q
+	@$(PY) -m pytest tests -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; fi; exit $$rc
 
 demo: setup
 	$(PY) tools/demo.py

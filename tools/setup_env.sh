@@ -34,7 +34,6 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pip' >/dev/nul
 fi
 PY="$VENV/bin/python"
 pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
-PINS=('setuptools>=61,<70' 'numpy<2')  # kept in every install below so no step upgrades them
 
 if "$PY" -c 'import torch' >/dev/null 2>&1; then
     say "keeping the torch already in $VENV: $("$PY" -c 'import torch; print(torch.__version__)')"
@@ -44,7 +43,7 @@ else
 fi
 # torch pulls a new setuptools; mmcv's setup.py and mmengine need pkg_resources, gone in setuptools 70.
 say "installing build tools (setuptools<70, wheel, ninja, numpy<2)"
-pip install -q "${PINS[@]}" wheel ninja \
+pip install -q 'setuptools>=61,<70' 'numpy<2' wheel ninja \
     || die "installing build tools failed: check the network to PyPI and run 'make setup' again"
 torch_version=$("$PY" -c 'import torch; print(torch.__version__)')
 
@@ -68,8 +67,13 @@ else
 fi
 
 say "installing mmengine, mmdet, mmsegmentation and doconv_mm (editable, with test extras)"
-pip install -q --no-build-isolation -e '.[tests]' "${PINS[@]}" \
+# torch is held at the installed build: left free, pip would trade it for an older one that accepts
+# setuptools<70 (torch 2.13 asks for setuptools>=77, which it needs only to compile extensions).
+pip install -q --no-build-isolation -e '.[tests]' "torch==$torch_version" 'numpy<2' \
     || die "installing doconv_mm and its dependencies failed: check the network to PyPI and run 'make setup' again"
+# mmengine's 'mmdet::'/'mmseg::' config prefixes import pkg_resources, which setuptools 70 dropped.
+pip install -q --no-deps 'setuptools>=61,<70' \
+    || die "installing setuptools<70 failed: check the network to PyPI and run 'make setup' again"
 
 "$PY" -c 'import doconv_mm, mmdet, mmseg; from mmcv.ops import RoIAlign, nms' \
     || die "the environment does not import (doconv_mm, mmdet, mmseg, mmcv.ops); see the error above"

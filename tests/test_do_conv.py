@@ -1,0 +1,260 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from doconv_mm import DOConv2d, do_conv_kernel, fold_model
+from reference import two_stage
+
+# Tolerances: float64 layer vs float64 reference 1e-10 (relative to the output's scale);
+# float32 layer vs float64 reference 1e-5.
+TOL64, TOL32 = 1e-10, 1e-5
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def trained_like(conv, seed=0):
+    """Give ``conv`` a non-zero D (as after training) and random bias; returns it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if conv.D is not None:
+            conv.D.copy_(0.3 * torch.randn(conv.D.shape, generator=g))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    return conv
+
+
+# groups as (in, out, groups): DO-Conv, DO-GConv, DO-DConv, DO-DConv with channel multiplier 2
+GROUPINGS = [(4, 6, 1), (4, 6, 2), (4, 4, 4), (4, 8, 4)]
+KERNELS = [(3, 3), (5, 5), (1, 3), (3, 5)]
+
+
+@pytest.mark.parametrize('channels', GROUPINGS, ids=lambda c: 'in{}-out{}-g{}'.format(*c))
+@pytest.mark.parametrize('kernel', KERNELS, ids=lambda k: '{}x{}'.format(*k))
+def test_matches_two_stage_reference(channels, kernel):
+    c_in, c_out, groups = channels
+    mn = kernel[0] * kernel[1]
+    grid = itertools.product((1, 2), (1, 2), ('zeros', 'reflect', 'replicate', 'circular'),
+                             (True, False), (mn, mn + 3))
+    torch.manual_seed(0)
+    for stride, dilation, mode, bias, d_mul in grid:
+        padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation + 1)  # non-square
+        conv = DOConv2d(c_in, c_out, kernel, stride, padding, dilation, groups, bias, mode,
+                        D_mul=d_mul)
+        trained_like(conv)
+        x = torch.randn(2, c_in, 11, 10)
+        case = (stride, dilation, mode, bias, d_mul)
+        assert rel_err(conv(x), two_stage(x, conv)) < TOL32, case
+        conv64 = conv.double()
+        assert rel_err(conv64(x.double()), two_stage(x, conv64)) < TOL64, case
+
+
+def test_same_and_valid_padding_match_reference():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 8, dtype=torch.float64)
+    for padding, dilation in (('same', 1), ('same', 2), ('valid', 1)):
+        conv = trained_like(DOConv2d(4, 5, (3, 4), padding=padding, dilation=dilation)).double()
+        out = conv(x)
+        assert rel_err(out, two_stage(x, conv)) < TOL64
+        if padding == 'same':
+            assert out.shape[2:] == x.shape[2:]
+
+
+def test_one_by_one_is_a_plain_conv():
+    conv = DOConv2d(4, 6, 1, D_mul=9)
+    assert conv.D is None and conv.W_extra is None and conv.D_mul == 1
+    assert {n for n, _ in conv.named_parameters()} == {'weight', 'bias'}
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias))
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1, groups=2, D_mul=11)).double()
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = (conv.weight, conv.D, conv.W_extra, conv.bias)
+
+    def f(x, weight, D, W_extra, bias):
+        return F.conv2d(x, do_conv_kernel(weight, D, W_extra), bias, 1, 1, 1, 2)
+
+    assert torch.autograd.gradcheck(f, (x, ) + params)
+    # and the layer's own forward carries gradients to every parameter
+    conv(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_is_a_conv2d_with_conv_attributes_and_keyword_only_d_mul():
+    conv = DOConv2d(4, 8, 3, 2, 1)  # stride and padding positionally, as for nn.Conv2d
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.stride == (2, 2) and conv.padding == (1, 1)
+    assert conv.weight.shape == (8, 4, 3, 3) and conv.transposed is False
+    assert conv.output_padding == (0, 0) and conv.D.shape == (4, 9, 9)
+    assert torch.count_nonzero(conv.D) == 0
+    with pytest.raises(TypeError):
+        DOConv2d(4, 8, 3, 1, 0, 1, 1, True, 'zeros', None, None, 12)
+
+
+@pytest.mark.parametrize('d_mul', [None, 13])
+@pytest.mark.parametrize('groups', [1, 2, 4])
+def test_plain_state_dict_loads_as_identity_start(groups, d_mul):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(4, 8, 3, padding=1, groups=groups)
+    x = torch.randn(2, 4, 7, 7)
+    expected = plain(x)
+    for strict in (False, True):
+        conv = trained_like(DOConv2d(4, 8, 3, padding=1, groups=groups, D_mul=d_mul))
+        result = conv.load_state_dict(plain.state_dict(), strict=strict)
+        assert not result.missing_keys and not result.unexpected_keys
+        assert torch.count_nonzero(conv.D) == 0
+        assert torch.equal(conv(x), expected)
+        assert torch.equal(conv.fold().weight, plain.weight)
+
+
+def test_wrong_shape_state_dict_raises_size_mismatch():
+    conv = DOConv2d(4, 8, 3)
+    with pytest.raises(RuntimeError, match='size mismatch for weight'):
+        conv.load_state_dict(nn.Conv2d(4, 8, 5).state_dict(), strict=False)
+    state = conv.state_dict()
+    state['D'] = torch.zeros(4, 9, 10)
+    with pytest.raises(RuntimeError, match='size mismatch for D'):
+        conv.load_state_dict(state)
+
+
+def test_do_conv_state_dict_round_trip():
+    conv = trained_like(DOConv2d(4, 8, 3, padding=1, D_mul=12))
+    other = DOConv2d(4, 8, 3, padding=1, D_mul=12)
+    other.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 4, 6, 6)
+    assert torch.equal(other(x), conv(x))
+    assert set(conv.state_dict()) == {'weight', 'bias', 'D', 'W_extra'}
+
+
+@pytest.mark.parametrize('channels', GROUPINGS)
+def test_fold_matches_reference(channels):
+    c_in, c_out, groups = channels
+    torch.manual_seed(1)
+    conv = trained_like(DOConv2d(c_in, c_out, (3, 5), 2, (1, 2), 2, groups, True, 'circular',
+                                 D_mul=17))
+    folded = conv.fold()
+    assert type(folded) is nn.Conv2d
+    for attr in ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation',
+                 'groups', 'padding_mode'):
+        assert getattr(folded, attr) == getattr(conv, attr)
+    x = torch.randn(2, c_in, 12, 12)
+    assert rel_err(folded(x), two_stage(x, conv)) < TOL32
+
+
+def tiny_net(conv_type):
+    return nn.Sequential(
+        conv_type(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Sequential(conv_type(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)))
+
+
+def test_fold_model_gives_plain_network_state_dict():
+    torch.manual_seed(0)
+    net = tiny_net(DOConv2d)
+    for m in net.modules():
+        if isinstance(m, DOConv2d):
+            trained_like(m)
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = net(x)
+    plain_state = tiny_net(nn.Conv2d).state_dict()
+    assert fold_model(net) is net
+    assert not any(isinstance(m, DOConv2d) for m in net.modules())
+    state = net.state_dict()
+    assert list(state) == list(plain_state)
+    assert all(state[k].shape == plain_state[k].shape for k in state)
+    assert rel_err(net(x), expected) < TOL32
+    # a stock network loads it strictly
+    stock = tiny_net(nn.Conv2d).eval()
+    stock.load_state_dict(state, strict=True)
+    assert torch.equal(stock(x), net(x))
+    # a bare layer folds to a new conv
+    assert type(fold_model(DOConv2d(2, 2, 3))) is nn.Conv2d
+
+
+def test_sgd_step_from_plain_kernel_follows_the_math():
+    """One SGD step from D = 0: the updated kernel as predicted by the chain rule, by loops."""
+    torch.manual_seed(0)
+    c_in, c_out, groups, d_mul, lr = 4, 6, 2, 11, 0.1
+    plain = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=False).double()
+    conv = DOConv2d(c_in, c_out, 3, padding=1, groups=groups, bias=False, D_mul=d_mul).double()
+    conv.load_state_dict(plain.state_dict())
+    x = torch.randn(2, c_in, 6, 6, dtype=torch.float64)
+    R = torch.randn(2, c_out, 6, 6, dtype=torch.float64)
+    # dL/dK from the plain conv's autograd
+    (plain(x) * R).sum().backward()
+    G = plain.weight.grad.reshape(c_out, c_in // groups, 9).numpy()
+    W = np.concatenate([plain.weight.detach().reshape(c_out, c_in // groups, 9).numpy(),
+                        conv.W_extra.detach().numpy()], 2)
+    gW, gD = np.zeros_like(W), np.zeros((c_in, 9, d_mul))
+    c_in_g, c_out_g = c_in // groups, c_out // groups
+    for o, i, m, s in itertools.product(range(c_out), range(c_in_g), range(9), range(d_mul)):
+        c = (o // c_out_g) * c_in_g + i
+        gW[o, i, s] += (m == s) * G[o, i, m]  # D = 0: dK/dW = I
+        gD[c, m, s] += W[o, i, s] * G[o, i, m]
+    W1, D1 = W - lr * gW, -lr * gD
+    K1 = np.zeros((c_out, c_in_g, 9))
+    for o, i, m, s in itertools.product(range(c_out), range(c_in_g), range(9), range(d_mul)):
+        c = (o // c_out_g) * c_in_g + i
+        K1[o, i, m] += (D1[c, m, s] + (m == s)) * W1[o, i, s]
+    opt = torch.optim.SGD(conv.parameters(), lr=lr)
+    (conv(x) * R).sum().backward()
+    opt.step()
+    K = conv.fold().weight.detach().reshape(c_out, c_in_g, 9).numpy()
+    assert np.abs(K - K1).max() / np.abs(K1).max() < TOL64
+
+
+def test_eval_reuses_the_composed_kernel_until_parameters_change():
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        out1 = conv(x)
+        k1 = conv._cache[1]
+        assert torch.equal(conv(x), out1) and conv._cache[1] is k1
+        conv.D.add_(0.5)  # an in-place change, as an optimizer step makes
+        out2 = conv(x)
+    assert conv._cache[1] is not k1
+    assert rel_err(out2, two_stage(x, conv)) < TOL32
+    conv.train()
+    assert conv._cache is None
+    # with gradients needed the kernel is composed afresh and nothing is cached
+    conv(x).sum().backward()
+    assert conv._cache is None and conv.D.grad is not None
+
+
+def test_autocast_cpu_bfloat16():
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(8, 8, 3, padding=1))
+    x = torch.randn(2, 8, 8, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), two_stage(x, conv)) < 2e-2  # bfloat16 has 8 mantissa bits
+    out.float().sum().backward()
+    assert conv.D.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(kernel_size=5, D_mul=9), 'D_mul=9 must be an int >= M\\*N = 25'),
+    (dict(kernel_size=(3, 3, 3)), 'kernel_size must be .* got \\(3, 3, 3\\)'),
+    (dict(groups=3), 'in_channels=4 must be divisible by groups=3'),
+    (dict(out_channels=6, groups=4), 'out_channels=6 must be divisible by groups=4'),
+    (dict(padding_mode='mirror'), "padding_mode='mirror' is not supported; allowed: 'zeros'"),
+    (dict(padding='same', stride=2), "padding='same' needs stride 1, got stride=2"),
+    (dict(padding='full'), "padding='full' is not supported"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    args = dict(in_channels=4, out_channels=8, kernel_size=3)
+    args.update(kwargs)
+    d_mul = args.pop('D_mul', None)
+    with pytest.raises(ValueError, match=match):
+        DOConv2d(**args, D_mul=d_mul)
