@@ -1,0 +1,84 @@
+"""What tools/train.py and tools/test.py add around mmengine's Runner, for mmdet and mmseg configs.
+
+* Trusted checkpoints: since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, and
+  mmengine 0.10.7 cannot read its own checkpoints back (``--resume``, ``load_from``, testing).
+  :func:`trusted_checkpoints` reads the files the user named in full, and only those.
+* Distributed on CPU: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper
+  passes ``device_ids``; without a GPU :func:`setup_distributed` starts the gloo process group itself,
+  lets DDP run on CPU and turns SyncBN (CUDA only) into BN. With GPUs nothing changes (NCCL).
+"""
+import contextlib
+import os
+import os.path as osp
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import CheckpointLoader, Runner
+
+@contextlib.contextmanager
+def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
+    """Within the block, mmengine reads local checkpoints under ``paths`` with the full unpickler.
+
+    ``paths`` are files or folders the user named (the run's work dir, ``--resume``, ``load_from``,
+    the checkpoint to test). mmengine's checkpoints hold its message hub, whose pickled history
+    buffers need ``getattr`` on load, which no safe allowlist can grant; so they are read as
+    trusted files, and every other ``torch.load`` (other files, downloads) keeps the
+    ``weights_only=True`` default.
+    """
+    trusted = [osp.realpath(osp.expanduser(p)) for p in paths if p]
+    stock = CheckpointLoader._schemes['']
+
+    def load_local(filename, map_location):
+        path = osp.realpath(osp.expanduser(filename))
+        if not any(path == t or path.startswith(t + os.sep) for t in trusted):
+            return stock(filename, map_location)
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme('', load_local, force=True)
+    try:
+        yield
+    finally:
+        CheckpointLoader.register_scheme('', stock, force=True)
+
+
+def _replace_type(cfg, old: str, new: str) -> int:
+    """Replace ``type=old`` by ``type=new`` everywhere in ``cfg``; returns how many."""
+    count = 0
+    if isinstance(cfg, dict):
+        if cfg.get('type') == old:
+            cfg['type'] = new
+            count += 1
+        for value in cfg.values():
+            count += _replace_type(value, old, new)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            count += _replace_type(value, old, new)
+    return count
+
+
+def setup_distributed(cfg: Config, launcher: str) -> None:
+    """Prepare ``cfg`` (and the process group) for a distributed run without a GPU."""
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise SystemExit(f'--launcher {launcher} without a GPU is not supported; '
+                         f'use --launcher pytorch (torchrun) for CPU runs')
+    if not dist.is_initialized():
+        dist.init_process_group('gloo', rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if _replace_type(cfg.model, 'SyncBN', 'BN'):
+        print_log('no GPU: SyncBN (CUDA only) replaced by BN; each process normalises with its '
+                  'own batch statistics', logger='current')
+
+
+def build_runner(cfg: Config) -> Runner:
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
