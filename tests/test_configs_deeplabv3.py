@@ -102,3 +102,35 @@ def test_loss_and_backward(path, checkpoints):
     layers = [m for m in model.modules() if isinstance(m, DOConv2d) and m.D is not None]
     assert len(layers) == 5 + (BACKBONE_KXK[CONFIGS[path][1]] if is_all(path) else 0)
     assert all(m.D.grad is not None and m.D.grad.abs().sum() > 0 for m in layers)
+
+
+MBV2 = D + 'mobilenet-v2-d8_deeplabv3_doconv-all_4xb2-80k_cityscapes-512x1024.py'
+MBV2_BASELINE = 'mmseg::mobilenet_v2/mobilenet-v2-d8_deeplabv3_4xb2-80k_cityscapes-512x1024.py'
+
+
+def test_mobilenet_v2_do_dconv_config(tmp_path):
+    """MobileNetV2: its 17 depthwise 3x3 convs train as DO-DConv, load plain weights and train."""
+    from mmseg.models.backbones import MobileNetV2
+    ours = strip(project_config(MBV2).to_dict(), ['_scope_'])
+    stock = stock_config(MBV2_BASELINE).to_dict()
+    ours.pop('custom_imports')
+    assert strip(ours, ['model']) == strip(stock, ['model'])
+    assert strip(ours['model'], ['conv_cfg']) == stock['model']
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'mobilenet_v2_random.pth'
+    torch.save(MobileNetV2().state_dict(), ckpt)
+    model = revert_sync_batchnorm(build_model(project_config(MBV2), ckpt)).eval()
+    stock_model = revert_sync_batchnorm(build_model(stock_config(MBV2_BASELINE), ckpt)).eval()
+    depthwise = [m for m in model.backbone.modules()
+                 if isinstance(m, DOConv2d) and m.groups == m.in_channels > 1]
+    assert len(depthwise) == 17 and kxk_convs(model.backbone) == (18, 0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model.backbone(x), stock_model.backbone(x)):
+            assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    model.train()
+    model.data_preprocessor.size = (64, 64)
+    data = model.data_preprocessor(seg_batch(19), True)
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    loss.backward()
+    assert all(m.D.grad is not None and m.D.grad.abs().sum() > 0 for m in depthwise)

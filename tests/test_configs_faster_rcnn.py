@@ -90,3 +90,30 @@ def test_loss_and_backward(path, r50_checkpoint):
     trainable = [m for m in model.modules() if isinstance(m, DOConv2d) and m.D is not None
                  and m.D.requires_grad]
     assert trainable and all(m.D.grad is not None and m.D.grad.abs().sum() > 0 for m in trainable)
+
+
+X101 = 'configs/faster_rcnn/faster-rcnn_x101-32x4d_fpn_doconv-all_1x_coco.py'
+X101_BASELINE = 'mmdet::faster_rcnn/faster-rcnn_x101-32x4d_fpn_1x_coco.py'
+
+
+def test_resnext_do_gconv_config(tmp_path):
+    """ResNeXt-101 32x4d: the 33 grouped 3x3 convs train as DO-GConv and load plain weights."""
+    from mmdet.models.backbones import ResNeXt
+    ours = strip(project_config(X101).to_dict(), ['_scope_'])
+    stock = stock_config(X101_BASELINE).to_dict()
+    ours.pop('custom_imports')
+    assert strip(ours, ['model']) == strip(stock, ['model'])
+    assert ours['model']['rpn_head'].pop('type') == 'ConvCfgRPNHead'
+    assert stock['model']['rpn_head'].pop('type') == 'RPNHead'
+    assert strip(ours['model'], ['conv_cfg']) == stock['model']
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'resnext101_random.pth'
+    torch.save(ResNeXt(depth=101, groups=32, base_width=4).state_dict(), ckpt)
+    model = build_model(project_config(X101), ckpt).eval()
+    stock_model = build_model(stock_config(X101_BASELINE), ckpt).eval()
+    grouped = [m for m in model.backbone.modules() if isinstance(m, DOConv2d) and m.groups == 32]
+    assert len(grouped) == 33 and kxk_convs(model.backbone) == (34, 0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model.backbone(x), stock_model.backbone(x)):
+            assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
