@@ -39,7 +39,7 @@ if "$PY" -c 'import torch' >/dev/null 2>&1; then
     say "keeping the torch already in $VENV: $("$PY" -c 'import torch; print(torch.__version__)')"
 else
     say "installing $TORCH_SPEC (CPU build here; set TORCH_SPEC to choose another)"
-    pip install -q "$TORCH_SPEC" || die "installing $TORCH_SPEC failed: check the network to PyPI and run 'make setup' again"
+    pip install -q "$TORCH_SPEC" || die "installing $TORCH_SPEC failed (see pip's message above): check the network to PyPI and the version asked for, then run 'make setup' again"
 fi
 # torch pulls a new setuptools; mmcv's setup.py and mmengine need pkg_resources, gone in setuptools 70.
 say "installing build tools (setuptools<70, wheel, ninja, numpy<2)"
