@@ -80,5 +80,20 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
                   'own batch statistics', logger='current')
 
 
+def load_config(path: str, launcher: str, cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None) -> Config:
+    """The config as mmdet's and mmseg's tools load it: ``--cfg-options`` merged, and the work dir
+    from the command line, else the config, else ``./work_dirs/<config name>``."""
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
 def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

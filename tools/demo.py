@@ -32,6 +32,7 @@ TASKS = {
                 baseline='configs/demo/faster-rcnn_r18_fpn_toy-coco.py',
                 doconv='configs/demo/faster-rcnn_r18_fpn_doconv-all_toy-coco.py'),
     'seg': dict(data=('cityscapes', 'data/toy_cityscapes'), package='mmseg', metric='mIoU',
+                show=['default_hooks.visualization.interval=1'],  # mmseg draws every 50th
                 baseline='configs/demo/deeplabv3_r18-d8_toy-cityscapes.py',
                 doconv='configs/demo/deeplabv3_r18-d8_doconv-all_toy-cityscapes.py'),
 }
@@ -52,6 +53,7 @@ def run(cmd, cwd, log=None):
         lines.append(line)
         if log is None or log(line):
             sys.stdout.write(line)
+            sys.stdout.flush()
     if proc.wait():
         sys.stdout.write(''.join(lines[-40:]))
         raise SystemExit(f'demo: {cmd[1] if len(cmd) > 1 else cmd[0]} failed (exit {proc.returncode})')
@@ -151,7 +153,8 @@ def main():
                         help='the folder holding data/ and work_dirs/ (default: the checkout)')
     parser.add_argument('--work-dir', default=None, help='default: WORKSPACE/work_dirs/demo-TASK')
     parser.add_argument('--cfg-options', nargs='+', default=[],
-                        help='extra train settings, e.g. train_cfg.max_epochs=1 (a shorter run)')
+                        help='extra settings for every train and test run, e.g. '
+                        'train_cfg.max_epochs=1 (a shorter run)')
     parser.add_argument('--repeats', type=int, default=5, help='inference timing rounds')
     args = parser.parse_args()
     task = TASKS[args.task]
@@ -164,6 +167,7 @@ def main():
 
     fmt, data_dir = task['data']
     run([py, osp.join(tools, 'make_toy_data.py'), fmt, osp.join(ws, data_dir)], ws)
+    cfg_options = ['--cfg-options', *args.cfg_options] if args.cfg_options else []
     dirs, metrics = {}, {}
     for name in ('baseline', 'doconv'):
         dirs[name] = osp.join(work, name)
@@ -173,7 +177,7 @@ def main():
     for name in ('baseline', 'doconv'):
         print(f'\n== testing the {name}', flush=True)
         out = run([py, osp.join(tools, 'test.py'), config[name], last_checkpoint(dirs[name]),
-                   '--work-dir', osp.join(work, f'test-{name}')], ws, progress)
+                   '--work-dir', osp.join(work, f'test-{name}'), *cfg_options], ws, progress)
         metrics[name] = test_metrics(out)[task['metric']]
 
     print('\n== folding the DO-Conv checkpoint for release', flush=True)
@@ -187,8 +191,10 @@ def main():
     print(f'\n== testing the folded release with stock {task["package"]} (no doconv_mm)',
           flush=True)
     show_dir = osp.join(work, 'show')
+    show_options = task.get('show', []) + args.cfg_options
     out = run([py, '-c', STOCK_TEST, task['package'], deploy, release, '--work-dir',
-               osp.join(work, 'test-folded'), '--show-dir', show_dir], ws, progress)
+               osp.join(work, 'test-folded'), '--show-dir', show_dir]
+              + (['--cfg-options', *show_options] if show_options else []), ws, progress)
     metrics['folded'] = test_metrics(out)[task['metric']]
     painted = sorted(glob.glob(osp.join(work, 'test-folded', '**', 'show', '**', '*.*g'),
                                recursive=True) + glob.glob(osp.join(show_dir, '**', '*.*g'),

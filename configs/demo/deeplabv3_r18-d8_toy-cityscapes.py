@@ -1,12 +1,12 @@
 # The stock DeepLabv3 R18-D8 Cityscapes config (mmseg's R50-D8 baseline with the backbone depth
 # swapped) with only the data, image size and schedule swapped, for the demo: the toy
 # Cityscapes-format dataset (tools/make_toy_data.py), 128x256 images, trained from scratch (no
-# ImageNet download here), a few hundred iterations. SyncBN becomes BN in a single process.
+# ImageNet download here), 200 iterations. SyncBN becomes BN in a single process.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024.py'
 
 data_root = 'data/toy_cityscapes/'
 crop_size = (128, 256)
-max_iters = 300
+max_iters = 200
 
 model = dict(pretrained=None, data_preprocessor=dict(size=crop_size))
 
