@@ -22,4 +22,4 @@ bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json
 
 lint: setup
-	$(PY) -m flake8 doconv_mm tools tests configs
+	$(PY) -m flake8 doconv_mm tools tests

@@ -191,7 +191,8 @@ class DOConv2d(nn.Conv2d):
         effect, kept), so the layer computes exactly what the plain conv computes; this is how
         ImageNet-pretrained backbones are used. Even ``strict=True`` accepts such a state dict.
         """
-        if self.D is not None and prefix + 'weight' in state_dict and prefix + 'D' not in state_dict:
+        plain = prefix + 'weight' in state_dict and prefix + 'D' not in state_dict
+        if self.D is not None and plain:
             state_dict[prefix + 'D'] = torch.zeros_like(self.D)
             if self.W_extra is not None:
                 state_dict.setdefault(prefix + 'W_extra', self.W_extra.detach().clone())

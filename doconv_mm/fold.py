@@ -21,5 +21,5 @@ def fold_model(model: nn.Module) -> nn.Module:
 
 
 def count_do_convs(model: nn.Module) -> int:
-    """How many DO-Conv layers ``model`` holds (1x1 ``DOConv2d`` have no ``D``: plain, not counted)."""
+    """How many DO-Conv layers ``model`` holds (a 1x1 ``DOConv2d`` has no ``D``: not counted)."""
     return sum(isinstance(m, DOConv2d) and m.D is not None for m in model.modules())

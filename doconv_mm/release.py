@@ -1,4 +1,4 @@
-"""Folding a trained mmdet/mmseg checkpoint into a plain-conv release (used by tools/fold_ckpt.py)."""
+"""Folding a trained mmdet/mmseg checkpoint into a plain-conv release (tools/fold_ckpt.py)."""
 import copy
 from dataclasses import dataclass
 from typing import Dict, List

@@ -4,8 +4,9 @@
   mmengine 0.10.7 cannot read its own checkpoints back (``--resume``, ``load_from``, testing).
   :func:`trusted_checkpoints` reads the files the user named in full, and only those.
 * Distributed on CPU: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper
-  passes ``device_ids``; without a GPU :func:`setup_distributed` starts the gloo process group itself,
-  lets DDP run on CPU and turns SyncBN (CUDA only) into BN. With GPUs nothing changes (NCCL).
+  passes ``device_ids``; without a GPU :func:`setup_distributed` starts the gloo process group
+  itself, lets DDP run on CPU and turns SyncBN (CUDA only) into BN. With GPUs nothing changes
+  (NCCL).
 """
 import contextlib
 import os
@@ -18,6 +19,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
+
 
 @contextlib.contextmanager
 def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:

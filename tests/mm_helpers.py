@@ -27,7 +27,7 @@ def project_config(path: str) -> Config:
 
 
 def build_model(cfg: Config, backbone_checkpoint=None) -> nn.Module:
-    """Build ``cfg.model`` in its scope; the backbone starts from ``backbone_checkpoint`` or random."""
+    """Build ``cfg.model`` in its scope; the backbone from ``backbone_checkpoint`` or random."""
     model_cfg = cfg.model.copy()
     model_cfg.pop('pretrained', None)  # mmseg's download; replaced by the checkpoint below
     model_cfg.backbone.init_cfg = None if backbone_checkpoint is None else dict(

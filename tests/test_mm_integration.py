@@ -1,4 +1,4 @@
-"""DO-Conv inside the OpenMMLab machinery: registry, ConvModule, fuse_conv_bn, initialisers, FLOPs."""
+"""DO-Conv in the OpenMMLab machinery: registry, ConvModule, fuse_conv_bn, initialisers, FLOPs."""
 import pytest
 import torch
 import torch.nn as nn
@@ -38,8 +38,8 @@ def conv_bn_reference(x, m):
     y = two_stage(x, m.conv)
     bn = m.bn
     shape = (1, -1, 1, 1)
-    y = (y - bn.running_mean.double().view(shape)) / (bn.running_var.double().view(shape)
-                                                     + bn.eps).sqrt()
+    var = bn.running_var.double().view(shape)
+    y = (y - bn.running_mean.double().view(shape)) / (var + bn.eps).sqrt()
     return (y * bn.weight.double().view(shape) + bn.bias.double().view(shape)).relu()
 
 

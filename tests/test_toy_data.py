@@ -24,7 +24,8 @@ def test_coco_reads_with_mmdet(tmp_path):
     assert [c['name'] for c in ann['categories']] == [c[1] for c in COCO_CLASSES]
     classes = tuple(c[1] for c in COCO_CLASSES)
     for split, n in (('train', 6), ('val', 3)):
-        ds = CocoDataset(data_root=str(tmp_path), ann_file=f'annotations/instances_{split}2017.json',
+        ds = CocoDataset(data_root=str(tmp_path),
+                         ann_file=f'annotations/instances_{split}2017.json',
                          data_prefix=dict(img=f'{split}2017/'), metainfo=dict(classes=classes),
                          pipeline=[dict(type='LoadImageFromFile'),
                                    dict(type='LoadAnnotations', with_bbox=True, with_mask=True)])

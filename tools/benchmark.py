@@ -33,9 +33,10 @@ sys.path.insert(0, ROOT)
 from doconv_mm import DOConv2d, fold_model  # noqa: E402
 
 MODELS = {
-    'Faster R-CNN R50-FPN': ('mmdet', 'configs/faster_rcnn/faster-rcnn_r50_fpn_doconv-all_1x_coco.py'),
-    'DeepLabv3 R50-D8': ('mmseg',
-                         'configs/deeplabv3/deeplabv3_r50-d8_doconv-all_4xb2-80k_cityscapes-512x1024.py'),
+    'Faster R-CNN R50-FPN':
+    ('mmdet', 'configs/faster_rcnn/faster-rcnn_r50_fpn_doconv-all_1x_coco.py'),
+    'DeepLabv3 R50-D8':
+    ('mmseg', 'configs/deeplabv3/deeplabv3_r50-d8_doconv-all_4xb2-80k_cityscapes-512x1024.py'),
 }
 # (in, out, groups, feature size): 3x3 convs as they occur in ResNets, depthwise and grouped ones
 LAYERS = [(64, 64, 1, 64), (128, 128, 1, 32), (256, 256, 1, 16), (512, 512, 1, 8),
@@ -135,11 +136,24 @@ def _peak_memory_child(package, config, doconv, size, queue):
     model, _ = build(package, config, doconv)
     step = train_step_fn(model, package, size)
     step()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    queue.put(_peak_rss())
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes. VmHWM belongs to the process's own address
+    space; ru_maxrss would also keep the parent's high-water mark across fork and exec."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_memory(package, config, doconv, size):
-    """Max RSS (bytes) of a fresh process that builds the model and runs one training step."""
+    """Peak RSS (bytes) of a fresh process that builds the model and runs one training step."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_memory_child, args=(package, config, doconv, size, queue))
@@ -202,7 +216,8 @@ def bench_fold_ckpt(quick):
 
 
 def markdown(result):
-    lines = [f"Machine: {result['machine']}", '', '| layer (3x3, batch 2) | stock ms | DO-Conv ms | ratio |',
+    lines = [f"Machine: {result['machine']}", '',
+             '| layer (3x3, batch 2) | stock ms | DO-Conv ms | ratio |',
              '| --- | --- | --- | --- |']
     for r in result['layers']:
         lines.append(f"| {r['shape']} | {r['stock_ms']:.2f} | {r['doconv_ms']:.2f} | "

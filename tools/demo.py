@@ -15,7 +15,6 @@
 import argparse
 import glob
 import json
-import os
 import os.path as osp
 import re
 import statistics
@@ -56,7 +55,7 @@ def run(cmd, cwd, log=None):
             sys.stdout.flush()
     if proc.wait():
         sys.stdout.write(''.join(lines[-40:]))
-        raise SystemExit(f'demo: {cmd[1] if len(cmd) > 1 else cmd[0]} failed (exit {proc.returncode})')
+        raise SystemExit(f'demo: {" ".join(cmd[:2])} failed (exit {proc.returncode})')
     return ''.join(lines)
 
 

@@ -38,8 +38,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     expected = 2 if args.no_config else 3
     if len(args.paths) != expected:
-        parser.error(f'expected {"CHECKPOINT OUT.pth" if args.no_config else "CONFIG CHECKPOINT OUT.pth"}'
-                     f', got {len(args.paths)} paths: {" ".join(args.paths)}')
+        usage = 'CHECKPOINT OUT.pth' if args.no_config else 'CONFIG CHECKPOINT OUT.pth'
+        parser.error(f'expected {usage}, got {len(args.paths)} paths: {" ".join(args.paths)}')
     args.config = None if args.no_config else args.paths[0]
     args.checkpoint, args.out = args.paths[-2:]
     return args
@@ -148,7 +148,8 @@ def main(argv=None):
     # both files are written under temporary names first, then renamed: all or nothing
     staged = {}
     try:
-        staged[args.out] = stage(args.out, lambda t: torch.save(dict(meta=meta, state_dict=folded), t))
+        release = dict(meta=meta, state_dict=folded)
+        staged[args.out] = stage(args.out, lambda t: torch.save(release, t))
         digest = sha256(staged[args.out])
         if args.publish:
             published = args.out[:-len('.pth')] + f'-{digest[:8]}.pth'
