@@ -158,9 +158,11 @@ def peak_memory(package, config, doconv, size):
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_memory_child, args=(package, config, doconv, size, queue))
     proc.start()
-    value = queue.get()
     proc.join()
-    return value
+    if proc.exitcode != 0:
+        raise RuntimeError(f'the memory probe for {config} at {size} px failed '
+                           f'(exit {proc.exitcode})')
+    return queue.get(timeout=10)
 
 
 def bench_models(sizes, repeats, quick):
