@@ -158,6 +158,8 @@ class DOConv2d(nn.Conv2d):
         if self.D is None:
             return weight
         params = (weight, self.D, self.W_extra)
+        if weight is not self.weight:  # a transformed kernel (efficient conv-bn eval): not cached
+            return self.kernel(weight)
         if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
             self._cache = None
             return self.kernel(weight)
