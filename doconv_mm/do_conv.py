@@ -48,12 +48,13 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
     W = weight.reshape(c_out, c_in_g, mn)
     if W_extra is not None:
         W = torch.cat([W, W_extra], dim=2)
-    # One batched matmul over (group, input channel): (C_out/g x D_mul) @ (D_mul x MN).
-    W = W.view(groups, c_out // groups, c_in_g, d_mul).transpose(1, 2)
-    delta = W @ D.view(groups, c_in_g, mn, d_mul).transpose(2, 3)
-    # The identity part of D + I is ``weight`` itself; the add also restores the kernel layout.
-    K = weight.view(groups, c_out // groups, c_in_g, mn) + delta.transpose(1, 2)
-    return K.view(c_out, c_in_g, kh, kw)
+    DI = D + torch.eye(mn, d_mul, dtype=D.dtype, device=D.device)  # small: C_in x MN x D_mul
+    # One batched matmul over (group, input channel), output channels as the wide dimension:
+    # KT[g, i, m, o] = sum_s DI[c, m, s] * W[o, i, s]; then a (batched) 2D transpose to K's layout.
+    KT = DI.view(groups, c_in_g, mn, d_mul) @ W.view(groups, c_out // groups, c_in_g,
+                                                     d_mul).permute(0, 2, 3, 1)
+    return KT.view(groups, c_in_g * mn, c_out // groups).transpose(1, 2).reshape(
+        c_out, c_in_g, kh, kw)
 
 
 def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups, padding_mode,
