@@ -168,9 +168,17 @@ class DOConv2d(nn.Conv2d):
         key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params
                     if p is not None)
         if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.kernel(weight))
+            self._cache = (key, self._exact_kernel())
         return self._cache[1]
+
+    @torch.no_grad()
+    def _exact_kernel(self) -> Tensor:
+        """``K`` composed in float64 and cast back: exactly the kernel :meth:`fold` writes, so
+        unfolded evaluation computes bit for bit what the folded conv computes."""
+        D = None if self.D is None else self.D.double()
+        W_extra = None if self.W_extra is None else self.W_extra.double()
+        with torch.autocast(self.weight.device.type, enabled=False):
+            return do_conv_kernel(self.weight.double(), D, W_extra).to(self.weight.dtype)
 
     def train(self, mode: bool = True) -> 'DOConv2d':
         self._cache = None
@@ -208,9 +216,7 @@ class DOConv2d(nn.Conv2d):
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                          self.padding, self.dilation, self.groups, self.bias is not None,
                          self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
-        W_extra = None if self.W_extra is None else self.W_extra.double()
-        D = None if self.D is None else self.D.double()
-        conv.weight.copy_(do_conv_kernel(self.weight.double(), D, W_extra))
+        conv.weight.copy_(self._exact_kernel())
         if self.bias is not None:
             conv.bias.copy_(self.bias)
         conv.weight.requires_grad_(self.weight.requires_grad)

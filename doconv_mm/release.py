@@ -64,16 +64,32 @@ def _tensors(out) -> List[torch.Tensor]:
 
 
 def _probe(model: nn.Module, cfg: Config, size: int) -> List[torch.Tensor]:
-    """The model's raw outputs (``mode='tensor'``) on a fixed random image."""
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    samples = None
-    if cfg.get('default_scope') == 'mmdet':
-        from mmdet.structures import DetDataSample
-        shape = (size, size)
-        samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape,
-                                               pad_shape=shape, scale_factor=(1.0, 1.0)))]
+    """The model's raw outputs on a fixed random image, as continuous functions of the weights.
+
+    Detectors' proposals come out of NMS, which a difference in the last bit can flip; so a
+    detector is probed on its features, its dense heads and its RoI head on fixed boxes.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=g)
     with torch.no_grad():
-        return _tensors(model(x, samples, mode='tensor'))
+        if cfg.get('default_scope') != 'mmdet':
+            return _tensors(model(x, None, mode='tensor'))
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        feats = model.extract_feat(x)
+        outs = _tensors(feats)
+        for name in ('rpn_head', 'bbox_head'):
+            if getattr(model, name, None) is not None:
+                outs += _tensors(getattr(model, name)(feats))
+        if getattr(model, 'roi_head', None) is not None:
+            corners = torch.rand(64, 2, 2, generator=g).sort(dim=1).values * size
+            boxes = corners.flatten(1)  # (x1, y1, x2, y2): each corner sorted per coordinate
+            shape = (size, size)
+            sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape,
+                                                 pad_shape=shape, scale_factor=(1.0, 1.0)))
+            outs += _tensors(model.roi_head.forward(feats, [InstanceData(bboxes=boxes)],
+                                                    [sample]))
+        return outs
 
 
 def fold_checkpoint(cfg: Config, state_dict: Dict[str, torch.Tensor], verify: bool = True,
