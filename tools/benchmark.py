@@ -88,13 +88,14 @@ def build(package, config, doconv):
 
 
 def batch(package, size):
-    g = torch.Generator().manual_seed(0)
+    """A fixed synthetic batch of 2 images for ``package``'s model."""
     if package == 'mmdet':
         from mmdet.testing import demo_mm_inputs
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # demo_mm_inputs draws from the global generator
         return demo_mm_inputs(2, [[3, size, size]] * 2, num_items=[3, 2], num_classes=80)
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(0)
     shape = (size, size)
     return dict(inputs=[torch.randint(0, 256, (3, *shape), generator=g, dtype=torch.uint8)
                         for _ in range(2)],
