@@ -25,8 +25,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
@@ -55,6 +57,49 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
                                                      d_mul).permute(0, 2, 3, 1)
     return KT.view(groups, c_in_g * mn, c_out // groups).transpose(1, 2).reshape(
         c_out, c_in_g, kh, kw)
+
+
+class _DOConvFunction(torch.autograd.Function):
+    """``conv2d(x, do_conv_kernel(weight, D, W_extra), bias)`` that keeps no composed kernel.
+
+    Plain autograd would keep ``K`` (one kernel-sized tensor per layer) alive from forward to
+    backward; here backward composes it again from the parameters, which costs one small matmul
+    and leaves the step's peak memory that of a plain conv. Under autocast, ``K`` is composed in
+    the parameters' dtype and the convolution runs in the autocast dtype, as ``nn.Conv2d`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups):
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            K = do_conv_kernel(weight, D, W_extra)
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, K = x.to(dtype), K.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        ctx.save_for_backward(x, weight, D, W_extra)
+        ctx.conv = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]])
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv2d(x, K, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight, D, W_extra = ctx.saved_tensors
+        stride, padding, dilation, groups, bias_sizes = ctx.conv
+        need_x, need_w, need_d, need_e, need_b = ctx.needs_input_grad[:5]
+        params = [p.detach().requires_grad_(need) for p, need in
+                  ((weight, need_w), (D, need_d), (W_extra, need_e)) if p is not None]
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            K = do_conv_kernel(*params).to(x.dtype)
+        need_k = K.requires_grad
+        grad_x, grad_k, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, K.detach(), bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+            [need_x, need_k, need_b and bias_sizes is not None])
+        grads = iter(torch.autograd.grad(K, [p for p in params if p.requires_grad], grad_k)
+                     if need_k else ())
+        grad_params = [next(grads) if need and p is not None else None
+                       for p, need in ((weight, need_w), (D, need_d), (W_extra, need_e))]
+        return (grad_x, *grad_params, grad_b, None, None, None, None)
 
 
 def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups, padding_mode,
@@ -153,23 +198,32 @@ class DOConv2d(nn.Conv2d):
             return do_conv_kernel(weight, self.D, self.W_extra)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        return super()._conv_forward(input, self._cached_kernel(weight), bias)
-
-    def _cached_kernel(self, weight: Tensor) -> Tensor:
         if self.D is None:
-            return weight
-        params = (weight, self.D, self.W_extra)
-        if weight is not self.weight:  # a transformed kernel (efficient conv-bn eval): not cached
-            return self.kernel(weight)
+            return super()._conv_forward(input, weight, bias)
+        if weight is not self.weight:  # transformed (efficient conv-bn eval): composed, not cached
+            return super()._conv_forward(input, self.kernel(weight), bias)
+        params = (self.weight, self.D, self.W_extra)
         if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
             self._cache = None
-            return self.kernel(weight)
+            return self._train_forward(input, bias)
         # Parameters change in place (optimizer steps, load_state_dict) or by replacement.
         key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params
                     if p is not None)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._exact_kernel())
-        return self._cache[1]
+        return super()._conv_forward(input, self._cache[1], bias)
+
+    def _train_forward(self, input: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """The convolution through :class:`_DOConvFunction`, with padding as nn.Conv2d pads:
+        symmetric zero padding by the convolution, any other by ``F.pad`` first."""
+        pad = self._reversed_padding_repeated_twice  # (left, right, top, bottom)
+        if self.padding_mode == 'zeros' and pad[0] == pad[1] and pad[2] == pad[3]:
+            padding = (pad[2], pad[0])
+        else:
+            mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
+            input, padding = F.pad(input, pad, mode=mode), (0, 0)
+        return _DOConvFunction.apply(input, self.weight, self.D, self.W_extra, bias, self.stride,
+                                     padding, self.dilation, self.groups)
 
     @torch.no_grad()
     def _exact_kernel(self) -> Tensor:

@@ -74,19 +74,57 @@ def test_one_by_one_is_a_plain_conv():
     assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias))
 
 
+@pytest.mark.parametrize('channels', GROUPINGS, ids=lambda c: 'in{}-out{}-g{}'.format(*c))
+def test_gradients_match_two_stage_reference(channels):
+    """Training gradients (input, weight, D, W_extra, bias) against the reference's autograd."""
+    c_in, c_out, groups = channels
+    torch.manual_seed(0)
+    cases = [((3, 3), 1, 1, 'zeros', 9), ((3, 5), 2, 1, 'reflect', 17), ((5, 5), 1, 2, 'zeros', 25),
+             ((3, 4), 1, 1, 'zeros', 12)]  # the last: even width, asymmetric 'same' padding
+    for kernel, stride, dilation, mode, d_mul in cases:
+        padding = 'same' if kernel == (3, 4) else (kernel[0] // 2 * dilation, kernel[1] // 2)
+        conv = trained_like(DOConv2d(c_in, c_out, kernel, stride, padding, dilation, groups,
+                                     padding_mode=mode, D_mul=d_mul)).double()
+        x = torch.randn(2, c_in, 9, 10, dtype=torch.float64, requires_grad=True)
+        R = torch.randn_like(two_stage(x, conv))
+        inputs = [x] + [p for p in conv.parameters()]
+        ours = torch.autograd.grad((conv(x) * R).sum(), inputs)
+        ref = torch.autograd.grad((two_stage(x, conv) * R).sum(), inputs)
+        for name, a, b in zip(['input'] + [n for n, _ in conv.named_parameters()], ours, ref):
+            assert rel_err(a, b) < TOL64, (kernel, name)
+
+
 def test_gradcheck():
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 4, 3, padding=1, groups=2, D_mul=11)).double()
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    params = (conv.weight, conv.D, conv.W_extra, conv.bias)
+    names = [n for n, _ in conv.named_parameters()]
 
-    def f(x, weight, D, W_extra, bias):
-        return F.conv2d(x, do_conv_kernel(weight, D, W_extra), bias, 1, 1, 1, 2)
+    def f(x, *params):
+        return torch.func.functional_call(conv, dict(zip(names, params)), (x, ))
 
-    assert torch.autograd.gradcheck(f, (x, ) + params)
-    # and the layer's own forward carries gradients to every parameter
-    conv(x).square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    assert torch.autograd.gradcheck(f, (x, *conv.parameters()))
+
+
+def test_training_forward_keeps_no_composed_kernel():
+    """Only the input and the parameters are saved for backward: K is composed again there."""
+    conv = trained_like(DOConv2d(8, 16, 3, padding=1, D_mul=12))
+    x = torch.randn(2, 8, 6, 6)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = conv(x)
+    ours = {t.data_ptr() for t in [x, *conv.parameters()]}
+    assert saved and all(t.data_ptr() in ours for t in saved), [tuple(t.shape) for t in saved]
+    out.sum().backward()
+    assert all(p.grad is not None for p in conv.parameters())
+
+
+def test_frozen_parameters_use_the_cached_kernel():
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).requires_grad_(False)
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    conv(x).sum().backward()
+    assert conv._cache is not None and x.grad is not None
+    assert rel_err(x.grad, torch.autograd.grad(two_stage(x, conv).sum(), x)[0]) < TOL32
 
 
 def test_is_a_conv2d_with_conv_attributes_and_keyword_only_d_mul():
@@ -232,15 +270,24 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change():
 
 
 def test_autocast_cpu_bfloat16():
+    """As nn.Conv2d under autocast with the float32-composed kernel: same output, and the same
+    gradients up to bfloat16 rounding (8 mantissa bits)."""
     torch.manual_seed(0)
-    conv = trained_like(DOConv2d(8, 8, 3, padding=1))
-    x = torch.randn(2, 8, 8, 8)
+    conv = trained_like(DOConv2d(8, 8, 3, padding=1, D_mul=10))
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    R = torch.randn(2, 8, 8, 8)
+    inputs = [x, *conv.parameters()]
+    K = do_conv_kernel(conv.weight, conv.D, conv.W_extra)  # float32, outside autocast
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = conv(x)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out.float(), two_stage(x, conv)) < 2e-2  # bfloat16 has 8 mantissa bits
-    out.float().sum().backward()
-    assert conv.D.grad.dtype == torch.float32
+        ref = F.conv2d(x, K, conv.bias, 1, 1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    assert rel_err(out.float(), two_stage(x, conv)) < 2e-2
+    ours = torch.autograd.grad((out.float() * R).sum(), inputs)
+    theirs = torch.autograd.grad((ref.float() * R).sum(), inputs)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == torch.float32 and rel_err(a, b) < 2e-2
 
 
 @pytest.mark.parametrize('kwargs, match', [

@@ -6,8 +6,8 @@ Every comparison alternates the two models run by run, so machine drift cancels,
 medians and the ratio DO-Conv / stock:
 1. layers: forward + backward of DOConv2d vs nn.Conv2d over typical shapes (batch 2);
 2. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
-   DO-Conv across the whole network vs stock, per input size, and the peak memory of one step
-   (max RSS of a child process per model);
+   DO-Conv across the whole network vs stock, per input size, and the peak memory of training
+   (the median over fresh child processes of the peak RSS over two steps);
 3. inference in eval mode: the unfolded DO-Conv model and the folded one, each vs stock;
 4. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
 """
@@ -137,6 +137,7 @@ def _peak_memory_child(package, config, doconv, size, queue):
     model, _ = build(package, config, doconv)
     step = train_step_fn(model, package, size)
     step()
+    step()  # the second step holds the optimizer's momentum too: the steady state
     queue.put(_peak_rss())
 
 
@@ -154,7 +155,7 @@ def _peak_rss() -> int:
 
 
 def peak_memory(package, config, doconv, size):
-    """Peak RSS (bytes) of a fresh process that builds the model and runs one training step."""
+    """Peak RSS (bytes) of a fresh process that builds the model and runs two training steps."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_memory_child, args=(package, config, doconv, size, queue))
@@ -166,7 +167,16 @@ def peak_memory(package, config, doconv, size):
     return queue.get(timeout=10)
 
 
-def bench_models(sizes, repeats, quick, names):
+def median_peak_memory(package, config, size, repeats):
+    """Median peak RSS of the stock and the DO-Conv model, their probes alternated."""
+    peaks = [[], []]
+    for _ in range(repeats):
+        for k, doconv in enumerate((False, True)):
+            peaks[k].append(peak_memory(package, config, doconv, size))
+    return [statistics.median(p) for p in peaks]
+
+
+def bench_models(sizes, repeats, quick, names, mem_repeats):
     rows = []
     for name, (package, config) in MODELS.items():
         if name not in names:
@@ -181,8 +191,7 @@ def bench_models(sizes, repeats, quick, names):
             row = dict(model=name, size=size, train_stock_s=t_stock, train_doconv_s=t_do,
                        train_ratio=t_do / t_stock)
             if not quick:
-                m_stock = peak_memory(package, config, False, size)
-                m_do = peak_memory(package, config, True, size)
+                m_stock, m_do = median_peak_memory(package, config, size, mem_repeats)
                 row.update(mem_stock_gb=m_stock / 2**30, mem_doconv_gb=m_do / 2**30,
                            mem_ratio=m_do / m_stock)
             i_stock, i_do = alternate([infer_fn(stock, package, size), infer_fn(do, package, size)],
@@ -246,18 +255,26 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='tiny run for a smoke test: two layer shapes, one size, no memory')
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--mem-repeats', type=int, default=3,
+                        help='fresh processes per model and size for the peak memory')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS),
                         metavar='NAME', help=f'models to measure (default: all of {list(MODELS)})')
     parser.add_argument('--no-fold', action='store_true', help='skip the fold_ckpt.py timing')
     parser.add_argument('--json', help='also write the results as JSON here')
     args = parser.parse_args(argv)
+    for name in ('repeats', 'mem_repeats'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if any(size < 32 for size in args.sizes):
+        parser.error(f'--sizes must be >= 32 px each, got {args.sizes}')
     from mmengine.logging import MMLogger
     MMLogger.get_instance('benchmark', log_level='WARNING')
     result = dict(machine=f'{platform.processor() or platform.machine()}, '
                           f'{torch.get_num_threads()} threads, torch {torch.__version__}')
     result['layers'] = bench_layers(args.repeats, args.quick)
-    result['models'] = bench_models(args.sizes, args.repeats, args.quick, args.models)
+    result['models'] = bench_models(args.sizes, args.repeats, args.quick, args.models,
+                                    args.mem_repeats)
     result['fold_ckpt_s'] = None if args.no_fold else bench_fold_ckpt(args.quick)
     print(markdown(result))
     if args.json:
