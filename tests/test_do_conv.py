@@ -258,6 +258,7 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change():
         out1 = conv(x)
         k1 = conv._cache[1]
         assert torch.equal(conv(x), out1) and conv._cache[1] is k1
+        assert k1.is_contiguous()  # a strided kernel would be reordered by every convolution
         conv.D.add_(0.5)  # an in-place change, as an optimizer step makes
         out2 = conv(x)
     assert conv._cache[1] is not k1
