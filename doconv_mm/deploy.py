@@ -4,21 +4,10 @@ import copy
 
 from mmengine.config import Config
 
+from .config_tree import config_dicts
+
 # plugin module types -> the stock types they stand in for (same parameters once folded)
 STOCK_TYPES = {'ConvCfgRPNHead': 'RPNHead'}
-
-
-def _to_stock(node):
-    if isinstance(node, dict):
-        if isinstance(node.get('conv_cfg'), dict) and node['conv_cfg'].get('type') == 'DOConv':
-            del node['conv_cfg']
-        if node.get('type') in STOCK_TYPES:
-            node['type'] = STOCK_TYPES[node['type']]
-        for value in node.values():
-            _to_stock(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _to_stock(value)
 
 
 def deploy_config(cfg: Config) -> Config:
@@ -26,5 +15,9 @@ def deploy_config(cfg: Config) -> Config:
     types replaced by their stock types, and no ``custom_imports``."""
     cfg_dict = copy.deepcopy(cfg.to_dict())
     cfg_dict.pop('custom_imports', None)
-    _to_stock(cfg_dict)
+    for node in config_dicts(cfg_dict):
+        if isinstance(node.get('conv_cfg'), dict) and node['conv_cfg'].get('type') == 'DOConv':
+            del node['conv_cfg']
+        if node.get('type') in STOCK_TYPES:
+            node['type'] = STOCK_TYPES[node['type']]
     return Config(cfg_dict)

@@ -20,6 +20,8 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
 
+from .config_tree import config_dicts
+
 
 @contextlib.contextmanager
 def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
@@ -49,21 +51,6 @@ def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
         CheckpointLoader.register_scheme('', stock, force=True)
 
 
-def _replace_type(cfg, old: str, new: str) -> int:
-    """Replace ``type=old`` by ``type=new`` everywhere in ``cfg``; returns how many."""
-    count = 0
-    if isinstance(cfg, dict):
-        if cfg.get('type') == old:
-            cfg['type'] = new
-            count += 1
-        for value in cfg.values():
-            count += _replace_type(value, old, new)
-    elif isinstance(cfg, (list, tuple)):
-        for value in cfg:
-            count += _replace_type(value, old, new)
-    return count
-
-
 def setup_distributed(cfg: Config, launcher: str) -> None:
     """Prepare ``cfg`` (and the process group) for a distributed run without a GPU."""
     if launcher == 'none' or torch.cuda.is_available():
@@ -77,7 +64,10 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
     cfg.model_wrapper_cfg = dict(
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
-    if _replace_type(cfg.model, 'SyncBN', 'BN'):
+    sync_bns = [node for node in config_dicts(cfg.model) if node.get('type') == 'SyncBN']
+    for node in sync_bns:
+        node['type'] = 'BN'
+    if sync_bns:
         print_log('no GPU: SyncBN (CUDA only) replaced by BN; each process normalises with its '
                   'own batch statistics', logger='current')
 

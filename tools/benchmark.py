@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -133,6 +134,7 @@ def infer_fn(model, package, size):
 
 
 def _peak_memory_child(package, config, doconv, size, queue):
+    warnings.simplefilter('ignore')  # the model builders' deprecation notes, once per probe
     torch.set_num_threads(int(os.environ.get('BENCH_THREADS', torch.get_num_threads())))
     model, _ = build(package, config, doconv)
     step = train_step_fn(model, package, size)
