@@ -45,4 +45,7 @@ def ddp_step(rank, world_size, out_dir):
     opt.step()
     if rank == 0:
         torch.save(model.module.state_dict(), os.path.join(out_dir, 'ddp.pth'))
-    dist.destroy_process_group()
+    dist.barrier()
+    # Leave at once: the result is on disk, and no teardown (process group, interpreter exit)
+    # is left that could keep a worker, and with it the test, waiting.
+    os._exit(0)
