@@ -69,9 +69,10 @@ class _DOConvFunction(torch.autograd.Function):
     """``conv2d(x, do_conv_kernel(weight, D, W_extra), bias)`` that keeps no composed kernel.
 
     Plain autograd would keep ``K`` (one kernel-sized tensor per layer) alive from forward to
-    backward; here backward composes it again from the parameters, which costs one small matmul
-    and leaves the step's peak memory that of a plain conv. Under autocast, ``K`` is composed in
-    the parameters' dtype and the convolution runs in the autocast dtype, as ``nn.Conv2d`` does.
+    backward; here backward composes it again from the parameters, which costs one more
+    composition per step and leaves the step's peak memory that of a plain conv. Under autocast,
+    ``K`` is composed in the parameters' dtype and the convolution runs in the autocast dtype, as
+    ``nn.Conv2d`` does.
     """
 
     @staticmethod
@@ -90,21 +91,19 @@ class _DOConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight, D, W_extra = ctx.saved_tensors
+        x, *params = ctx.saved_tensors  # weight, D, W_extra (None when D_mul == MN)
         stride, padding, dilation, groups, bias_sizes = ctx.conv
-        need_x, need_w, need_d, need_e, need_b = ctx.needs_input_grad[:5]
-        params = [p.detach().requires_grad_(need) for p, need in
-                  ((weight, need_w), (D, need_d), (W_extra, need_e)) if p is not None]
+        need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
+        leaves = [None if p is None else p.detach().requires_grad_(need)
+                  for p, need in zip(params, ctx.needs_input_grad[1:4])]
+        wanted = [p for p in leaves if p is not None and p.requires_grad]
         with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            K = do_conv_kernel(*params).to(x.dtype)
-        need_k = K.requires_grad
+            K = do_conv_kernel(*leaves).to(x.dtype)
         grad_x, grad_k, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x, K.detach(), bias_sizes, stride, padding, dilation, False, [0, 0], groups,
-            [need_x, need_k, need_b and bias_sizes is not None])
-        grads = iter(torch.autograd.grad(K, [p for p in params if p.requires_grad], grad_k)
-                     if need_k else ())
-        grad_params = [next(grads) if need and p is not None else None
-                       for p, need in ((weight, need_w), (D, need_d), (W_extra, need_e))]
+            [need_x, bool(wanted), need_b and bias_sizes is not None])
+        found = iter(torch.autograd.grad(K, wanted, grad_k) if wanted else ())
+        grad_params = [next(found) if p is not None and p.requires_grad else None for p in leaves]
         return (grad_x, *grad_params, grad_b, None, None, None, None)
 
 

@@ -5,8 +5,8 @@
   :func:`trusted_checkpoints` reads the files the user named in full, and only those.
 * Distributed on CPU: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper
   passes ``device_ids``; without a GPU :func:`setup_distributed` starts the gloo process group
-  itself, lets DDP run on CPU and turns SyncBN (CUDA only) into BN. With GPUs nothing changes
-  (NCCL).
+  itself (and closes it), lets DDP run on CPU and turns SyncBN (CUDA only) into BN. With GPUs
+  nothing changes (NCCL).
 """
 import contextlib
 import os
@@ -51,14 +51,19 @@ def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
         CheckpointLoader.register_scheme('', stock, force=True)
 
 
-def setup_distributed(cfg: Config, launcher: str) -> None:
-    """Prepare ``cfg`` (and the process group) for a distributed run without a GPU."""
+@contextlib.contextmanager
+def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
+    """Within the block, ``cfg`` (and the process group) are set up for a distributed run without
+    a GPU. A process group started here is closed at the end: left to interpreter exit, gloo's
+    threads can abort the process ("terminate called without an active exception")."""
     if launcher == 'none' or torch.cuda.is_available():
+        yield
         return
     if launcher != 'pytorch':
         raise SystemExit(f'--launcher {launcher} without a GPU is not supported; '
                          f'use --launcher pytorch (torchrun) for CPU runs')
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         dist.init_process_group('gloo', rank=int(os.environ['RANK']),
                                 world_size=int(os.environ['WORLD_SIZE']))
     cfg.model_wrapper_cfg = dict(
@@ -70,6 +75,13 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
     if sync_bns:
         print_log('no GPU: SyncBN (CUDA only) replaced by BN; each process normalises with its '
                   'own batch statistics', logger='current')
+    try:
+        yield
+        if started:
+            dist.barrier()  # no process closes the group while another still uses it
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_config(path: str, launcher: str, cfg_options: Optional[dict] = None,

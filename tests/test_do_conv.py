@@ -94,6 +94,19 @@ def test_gradients_match_two_stage_reference(channels):
             assert rel_err(a, b) < TOL64, (kernel, name)
 
 
+@pytest.mark.parametrize('frozen', ['weight', 'D', 'W_extra', 'bias'])
+def test_partly_frozen_layer_gradients_match_reference(frozen):
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 6, 3, padding=1, groups=2, D_mul=11)).double()
+    getattr(conv, frozen).requires_grad_(False)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    inputs = [x] + [p for p in conv.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(conv(x).square().sum(), inputs)
+    ref = torch.autograd.grad(two_stage(x, conv).square().sum(), inputs)
+    assert all(rel_err(a, b) < TOL64 for a, b in zip(ours, ref))
+    assert getattr(conv, frozen).grad is None
+
+
 def test_gradcheck():
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 4, 3, padding=1, groups=2, D_mul=11)).double()

@@ -41,6 +41,15 @@ def tool(name, *args):
     return [sys.executable, osp.join(ROOT, 'tools', name), *args]
 
 
+def torchrun(name, *args):
+    """``tools/<name>`` in 2 CPU processes under torchrun, on a free port."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+            f'--master_port={port}', osp.join(ROOT, 'tools', name), *args, '--launcher', 'pytorch']
+
+
 def epochs(n):
     return [f'train_cfg.max_epochs={n}', f'train_cfg.val_interval={n}']
 
@@ -102,16 +111,10 @@ def test_train_resume_test_fold_and_stock_test(workspace, trained):
 
 def test_distributed_cpu_training_resumes(workspace):
     work = workspace / 'dist'
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    launch = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-              f'--master_port={port}']
     opts = ['--cfg-options', *SMALL, 'train_dataloader.batch_size=1']
-    run(launch + [osp.join(ROOT, 'tools/train.py'), DO_CFG, '--launcher', 'pytorch',
-                  '--work-dir', str(work), *opts, *epochs(1)], workspace)
-    out = run(launch + [osp.join(ROOT, 'tools/train.py'), DO_CFG, '--launcher', 'pytorch',
-                        '--work-dir', str(work), '--resume', *opts, *epochs(2)], workspace)
+    run(torchrun('train.py', DO_CFG, '--work-dir', str(work), *opts, *epochs(1)), workspace)
+    out = run(torchrun('train.py', DO_CFG, '--work-dir', str(work), '--resume', *opts,
+                       *epochs(2)), workspace)
     assert 'resumed epoch: 1' in out and 'Distributed training: True' in out
     assert torch.load(work / 'epoch_2.pth', weights_only=False)['meta']['epoch'] == 2
 

@@ -2,14 +2,12 @@
 (its SyncBN, CUDA only, replaced by BN), evaluated in the run, then tools/test.py on the result."""
 import os.path as osp
 import re
-import socket
-import sys
 
 import pytest
 
 from doconv_mm.toy_data import write_cityscapes
 from mm_helpers import ROOT
-from test_tools import run, tool
+from test_tools import run, tool, torchrun
 
 SEG_CFG = osp.join(ROOT, 'configs/demo/deeplabv3_r18-d8_doconv-all_toy-cityscapes.py')
 ITERS = ['train_cfg.max_iters=4', 'train_cfg.val_interval=4', 'default_hooks.logger.interval=1',
@@ -25,12 +23,7 @@ def seg_workspace(tmp_path_factory):
 
 def test_distributed_cpu_training_and_test_of_a_segmentor(seg_workspace):
     work = seg_workspace / 'dist'
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    out = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-               f'--master_port={port}', osp.join(ROOT, 'tools/train.py'), SEG_CFG,
-               '--launcher', 'pytorch', '--work-dir', str(work), '--cfg-options', *ITERS],
+    out = run(torchrun('train.py', SEG_CFG, '--work-dir', str(work), '--cfg-options', *ITERS),
               seg_workspace)
     assert 'SyncBN (CUDA only) replaced by BN' in out and 'Distributed training: True' in out
     miou = re.findall(r'Iter\(val\) \[\d+/\d+\].*mIoU: ([\d.]+)', out)

@@ -59,8 +59,7 @@ def main(argv=None):
         cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
     if args.out and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'--out {args.out!r}: mmdet predictions are dumped to a .pkl file')
-    setup_distributed(cfg, args.launcher)
-    with trusted_checkpoints(args.checkpoint):
+    with setup_distributed(cfg, args.launcher), trusted_checkpoints(args.checkpoint):
         runner = build_runner(cfg)
         if args.out and cfg.default_scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults

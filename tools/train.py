@@ -51,8 +51,8 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    setup_distributed(cfg, args.launcher)
-    with trusted_checkpoints(cfg.work_dir, cfg.get('load_from')):
+    with setup_distributed(cfg, args.launcher), \
+            trusted_checkpoints(cfg.work_dir, cfg.get('load_from')):
         build_runner(cfg).train()
 
 
