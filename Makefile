@@ -1,7 +1,7 @@
 # The project's commands. Each runs the one-time setup first (tools/setup_env.sh; a no-op when done).
 PY := .venv/bin/python
 
-.PHONY: setup test demo demo-seg bench lint
+.PHONY: setup test test-compat demo demo-seg bench lint
 .DEFAULT_GOAL := test
 
 setup:
@@ -11,6 +11,12 @@ setup:
 test: setup
 	@$(PY) -m pytest tests -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; fi; exit $$rc
+
+# The torch-only core's tests on an older torch: Debian's python3-torch (1.13) in .venv-compat,
+# with no OpenMMLab package (so it also checks that doconv_mm imports with torch alone).
+test-compat:
+	@bash tools/setup_compat_env.sh
+	@PYTHONPATH=$(CURDIR) .venv-compat/bin/python -m pytest tests/core -q -p no:cacheprovider
 
 demo: setup
 	$(PY) tools/demo.py --task det

@@ -1,11 +1,15 @@
-"""DO-Conv for OpenMMLab: importing this package registers the ``'DOConv'`` conv type (mmengine's
-root ``MODELS``, seen from the mmdet and mmseg scopes) and the adapters in ``doconv_mm.models``."""
-from . import flops  # noqa: F401  (registers DOConv2d with mmcv's FLOPs counter)
-from .do_conv import DOConv2d, do_conv_kernel
-from .fold import count_do_convs, fold_model
-from .models import ConvCfgRPNHead
+"""DO-Conv (depthwise over-parameterized convolution) for PyTorch, MMDetection and MMSegmentation.
+
+The layer family and folding (:mod:`doconv_mm.core`) need torch only. Where mmengine and mmcv are
+installed, importing this package also registers the ``'DOConv'`` conv type and the rest of the
+OpenMMLab integration (:mod:`doconv_mm.mm`, and :mod:`doconv_mm.mm.det` where mmdet is installed),
+so ``custom_imports=dict(imports=['doconv_mm'])`` in a config is all a user adds.
+"""
+from .core import DOConv2d, count_do_convs, do_conv_kernel, fold_model
+from .requirements import available
 from .version import __version__
 
-__all__ = [
-    'DOConv2d', 'do_conv_kernel', 'fold_model', 'count_do_convs', 'ConvCfgRPNHead', '__version__'
-]
+if available('mmengine') and available('mmcv'):
+    from . import mm  # noqa: F401  (registers into the OpenMMLab registries)
+
+__all__ = ['DOConv2d', 'do_conv_kernel', 'fold_model', 'count_do_convs', '__version__']

@@ -1,7 +1,12 @@
 """Settings for the whole suite."""
 import os
+import sys
 
 # Every distributed test runs on this one machine: gloo talks over the loopback interface (set
 # before any worker or ``torchrun`` starts, which inherit it), so no test depends on the host name
 # resolving to a reachable address.
 os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')
+
+# The suite's shared modules (reference.py, layer_helpers.py, mm_helpers.py) sit in tests/, the
+# tests in tests/core (torch only), tests/mm and tests/tools.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,150 +1,22 @@
 """The project's main job end to end, on an embedded toy dataset (no download).
 
-    python tools/demo.py [--task det|seg] [--work-dir work_dirs/demo] [--epochs N | --iters N]
+    python tools/demo.py [--task det|seg] [--workspace DIR] [--work-dir DIR] [--cfg-options ...]
 
-1. writes the toy dataset once (tools/make_toy_data.py: COCO format for det, Cityscapes for seg);
-2. trains the stock baseline and the same network with DO-Conv across the whole network, side by
-   side with the same seed, through tools/train.py (mmengine's progress output visible);
-3. tests both (tools/test.py), folds the DO-Conv checkpoint (tools/fold_ckpt.py), and tests the
-   folded release with *stock* mmdet/mmseg through the deploy config, in a process where importing
-   doconv_mm fails;
-4. prints a table (metric of baseline, DO-Conv and folded DO-Conv, parameters, inference time of
-   folded vs baseline), and writes the folded model's predictions on val images and the training
-   loss curves as PNGs.
+Writes the toy dataset, trains the stock baseline and the same network with DO-Conv across the
+whole network (same seed) through tools/train.py, tests both, folds the DO-Conv checkpoint, tests
+the release with stock mmdet/mmseg (doconv_mm unimportable), times inference and prints a table.
+(doconv_mm.mm.demo does the work.)
 """
 import argparse
-import glob
-import json
 import os.path as osp
-import re
-import statistics
-import subprocess
 import sys
-import time
-
-import cv2
-import numpy as np
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TASKS = {
-    'det': dict(data=('coco', 'data/toy_coco'), package='mmdet', metric='coco/bbox_mAP',
-                baseline='configs/demo/faster-rcnn_r18_fpn_toy-coco.py',
-                doconv='configs/demo/faster-rcnn_r18_fpn_doconv-all_toy-coco.py'),
-    'seg': dict(data=('cityscapes', 'data/toy_cityscapes'), package='mmseg', metric='mIoU',
-                show=['default_hooks.visualization.interval=1'],  # mmseg draws every 50th
-                baseline='configs/demo/deeplabv3_r18-d8_toy-cityscapes.py',
-                doconv='configs/demo/deeplabv3_r18-d8_doconv-all_toy-cityscapes.py'),
-}
-# runs the stock package's own tools/test.py where any import of doconv_mm fails
-STOCK_TEST = ("import sys, runpy, os.path as osp, importlib; sys.modules['doconv_mm'] = None; "
-              "pkg = importlib.import_module(sys.argv[1]); sys.argv = ['test.py'] + sys.argv[2:]; "
-              "runpy.run_path(osp.join(osp.dirname(pkg.__file__), '.mim/tools/test.py'), "
-              "run_name='__main__')")
+sys.path.insert(0, ROOT)
+from doconv_mm.mm.demo import TASKS, run_demo  # noqa: E402
 
 
-def run(cmd, cwd, log=None):
-    """Run ``cmd`` with its output shown (and kept, to parse); stop the demo if it fails."""
-    print('$ ' + ' '.join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if log is None or log(line):
-            sys.stdout.write(line)
-            sys.stdout.flush()
-    if proc.wait():
-        sys.stdout.write(''.join(lines[-40:]))
-        raise SystemExit(f'demo: {" ".join(cmd[:2])} failed (exit {proc.returncode})')
-    return ''.join(lines)
-
-
-def progress(line):
-    """Show mmengine's progress and results, not its environment and config dumps."""
-    return (' - mmengine - ' in line and ('Epoch(' in line or 'Iter(' in line
-                                          or 'Saving' in line)) or line.startswith('wrote ') \
-        or line.startswith(('folded', 'verified'))
-
-
-def test_metrics(output):
-    """The metrics of the last 'Epoch(test)' / 'Iter(test)' line: {name: value}."""
-    line = [x for x in output.splitlines() if re.search(r'(Epoch|Iter)\(test\)', x)][-1]
-    return dict(re.findall(r'(\S+): (-?[\d.]+)', line.split(')', 1)[1]))
-
-
-def last_checkpoint(work_dir):
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        return f.read().strip()
-
-
-def loss_curve(work_dir):
-    """(iteration, loss) pairs from the run's mmengine scalars log."""
-    (path, ) = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1:]
-    points = []
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if 'loss' in record:
-                points.append((record.get('iter', record.get('step')), record['loss']))
-    return points
-
-
-def plot_losses(curves, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    for name, points in curves.items():
-        ax.plot(*zip(*points), label=name)
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('training loss')
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def tile(images, path, columns=4):
-    """Save the painted predictions as one grid image."""
-    imgs = [cv2.imread(p) for p in images[:columns * 2]]
-    h = max(i.shape[0] for i in imgs)
-    w = max(i.shape[1] for i in imgs)
-    canvas = np.full((h * ((len(imgs) + columns - 1) // columns), w * columns, 3), 255, np.uint8)
-    for k, img in enumerate(imgs):
-        r, c = divmod(k, columns)
-        canvas[r * h:r * h + img.shape[0], c * w:c * w + img.shape[1]] = img
-    cv2.imwrite(path, canvas)
-
-
-def inference_times(task, pairs, repeats, workspace):
-    """Median seconds per image of each (config, checkpoint), measured alternately."""
-    sys.path.insert(0, ROOT)
-    import torch
-    from doconv_mm.runtime import trusted_checkpoints
-    if task['package'] == 'mmdet':
-        from mmdet.apis import inference_detector as infer, init_detector as init
-    else:
-        from mmseg.apis import inference_model as infer, init_model as init
-    data_root = osp.join(workspace, task['data'][1])
-    images = sorted(glob.glob(osp.join(data_root, '**', 'val*', '**', '*.*g'), recursive=True))
-    images = [p for p in images if 'gtFine' not in p][:4]
-    with trusted_checkpoints(*[ckpt for _, ckpt in pairs]):
-        models = [init(cfg, ckpt, device='cpu') for cfg, ckpt in pairs]
-    times = [[] for _ in models]
-    with torch.no_grad():
-        for model in models:  # warm up
-            infer(model, images[0])
-        for _ in range(repeats):
-            for k, model in enumerate(models):
-                start = time.perf_counter()
-                for img in images:
-                    infer(model, img)
-                times[k].append((time.perf_counter() - start) / len(images))
-    return [statistics.median(t) for t in times]
-
-
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', choices=sorted(TASKS), default='det')
@@ -155,71 +27,10 @@ def main():
                         help='extra settings for every train and test run, e.g. '
                         'train_cfg.max_epochs=1 (a shorter run)')
     parser.add_argument('--repeats', type=int, default=5, help='inference timing rounds')
-    args = parser.parse_args()
-    task = TASKS[args.task]
-    ws = osp.abspath(args.workspace)
-    work = osp.abspath(args.work_dir or osp.join(ws, 'work_dirs', f'demo-{args.task}'))
-    config = {name: osp.join(ROOT, task[name]) for name in ('baseline', 'doconv')}
-    py = sys.executable
-    tools = osp.join(ROOT, 'tools')
-    start = time.perf_counter()
-
-    fmt, data_dir = task['data']
-    run([py, osp.join(tools, 'make_toy_data.py'), fmt, osp.join(ws, data_dir)], ws)
-    cfg_options = ['--cfg-options', *args.cfg_options] if args.cfg_options else []
-    dirs, metrics = {}, {}
-    for name in ('baseline', 'doconv'):
-        dirs[name] = osp.join(work, name)
-        print(f'\n== training the {name} ({task[name]})', flush=True)
-        run([py, osp.join(tools, 'train.py'), config[name], '--work-dir', dirs[name],
-             '--cfg-options', 'randomness.seed=0', *args.cfg_options], ws, progress)
-    for name in ('baseline', 'doconv'):
-        print(f'\n== testing the {name}', flush=True)
-        out = run([py, osp.join(tools, 'test.py'), config[name], last_checkpoint(dirs[name]),
-                   '--work-dir', osp.join(work, f'test-{name}'), *cfg_options], ws, progress)
-        metrics[name] = test_metrics(out)[task['metric']]
-
-    print('\n== folding the DO-Conv checkpoint for release', flush=True)
-    release = osp.join(work, 'release', osp.splitext(osp.basename(task['doconv']))[0] + '.pth')
-    out = run([py, osp.join(tools, 'fold_ckpt.py'), config['doconv'],
-               last_checkpoint(dirs['doconv']), release, '--force'], ws, progress)
-    params = [int(n.replace(',', '')) for n in
-              re.search(r'parameters ([\d,]+) -> ([\d,]+)', out).groups()]
-    deploy = release[:-len('.pth')] + '.py'
-
-    print(f'\n== testing the folded release with stock {task["package"]} (no doconv_mm)',
-          flush=True)
-    show_dir = osp.join(work, 'show')
-    show_options = task.get('show', []) + args.cfg_options
-    out = run([py, '-c', STOCK_TEST, task['package'], deploy, release, '--work-dir',
-               osp.join(work, 'test-folded'), '--show-dir', show_dir]
-              + (['--cfg-options', *show_options] if show_options else []), ws, progress)
-    metrics['folded'] = test_metrics(out)[task['metric']]
-    painted = sorted(glob.glob(osp.join(work, 'test-folded', '**', 'show', '**', '*.*g'),
-                               recursive=True) + glob.glob(osp.join(show_dir, '**', '*.*g'),
-                                                           recursive=True))
-    tile(painted, osp.join(work, 'predictions.png'))
-    plot_losses({'stock': loss_curve(dirs['baseline']), 'DO-Conv': loss_curve(dirs['doconv'])},
-                osp.join(work, 'loss.png'))
-
-    print('\n== timing inference: folded release vs baseline', flush=True)
-    t_base, t_folded = inference_times(
-        task, [(config['baseline'], last_checkpoint(dirs['baseline'])), (deploy, release)],
-        args.repeats, ws)
-
-    name = task['metric']
-    print(f'\n| {task["package"]} on the toy data | value |\n| --- | --- |')
-    print(f'| {name}, stock baseline | {metrics["baseline"]} |')
-    print(f'| {name}, DO-Conv (whole network) | {metrics["doconv"]} |')
-    print(f'| {name}, folded DO-Conv with stock {task["package"]} | {metrics["folded"]} |')
-    print(f'| parameters while training / after folding | {params[0] / 1e6:.2f} M / '
-          f'{params[1] / 1e6:.2f} M |')
-    print(f'| inference per image, folded / baseline (median of {args.repeats}) | '
-          f'{t_folded * 1e3:.0f} ms / {t_base * 1e3:.0f} ms = {t_folded / t_base:.2f}x |')
-    print(f'\nwrote {osp.join(work, "predictions.png")} and {osp.join(work, "loss.png")} '
-          f'({(time.perf_counter() - start) / 60:.1f} min)')
-    if metrics['folded'] != metrics['doconv']:
-        raise SystemExit(f'demo: folded {name} {metrics["folded"]} != DO-Conv {metrics["doconv"]}')
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f'--repeats must be >= 1, got {args.repeats}')
+    run_demo(ROOT, args.task, args.workspace, args.work_dir, args.cfg_options, args.repeats)
 
 
 if __name__ == '__main__':

@@ -11,11 +11,11 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from doconv_mm.runtime import (build_runner, load_config, setup_distributed,  # noqa: E402
-                               trusted_checkpoints)
+from doconv_mm.mm.runtime import (build_runner, load_config, setup_distributed,  # noqa: E402
+                                  trusted_checkpoints)
+from doconv_mm.requirements import MissingPackageError  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -51,7 +51,10 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} not found')
-    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    try:
+        cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    except MissingPackageError as e:
+        raise SystemExit(f'{osp.basename(__file__)}: error: {e}')
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)

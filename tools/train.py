@@ -10,11 +10,11 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from doconv_mm.runtime import (build_runner, load_config, setup_distributed,  # noqa: E402
-                               trusted_checkpoints)
+from doconv_mm.mm.runtime import (build_runner, load_config, setup_distributed,  # noqa: E402
+                                  trusted_checkpoints)
+from doconv_mm.requirements import MissingPackageError  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,7 +39,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    try:
+        cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    except MissingPackageError as e:
+        raise SystemExit(f'{osp.basename(__file__)}: error: {e}')
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'

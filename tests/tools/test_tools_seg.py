@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from doconv_mm.toy_data import write_cityscapes
+from doconv_mm.mm.toy_data import write_cityscapes
 from mm_helpers import ROOT
 from test_tools import run, tool, torchrun
 

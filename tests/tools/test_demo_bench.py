@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from doconv_mm.toy_data import write_coco
+from doconv_mm.mm.toy_data import write_coco
 from mm_helpers import ROOT
 
 

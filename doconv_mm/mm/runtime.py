@@ -20,7 +20,11 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
 
+from ..requirements import available, require
 from .config_tree import config_dicts
+
+# config scopes -> the module and the distribution that provide them
+SCOPES = {'mmdet': 'mmdet', 'mmseg': 'mmsegmentation'}
 
 
 @contextlib.contextmanager
@@ -84,11 +88,27 @@ def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``; a config that needs mmdet or mmseg where it is not installed
+    raises :class:`~doconv_mm.requirements.MissingPackageError` naming what to install."""
+    try:
+        cfg = Config.fromfile(path)
+    except ModuleNotFoundError as e:  # mmengine: '<distribution> is not installed, ...'
+        for scope, distribution in SCOPES.items():
+            if f'{distribution} is not installed' in str(e) and not available(scope):
+                require(scope, f'{path} (a {scope} config)')
+        raise
+    scope = cfg.get('default_scope')
+    if scope in SCOPES:
+        require(scope, f'{path} (a {scope} config)')
+    return cfg
+
+
 def load_config(path: str, launcher: str, cfg_options: Optional[dict] = None,
                 work_dir: Optional[str] = None) -> Config:
     """The config as mmdet's and mmseg's tools load it: ``--cfg-options`` merged, and the work dir
     from the command line, else the config, else ``./work_dirs/<config name>``."""
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)

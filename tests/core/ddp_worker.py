@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from doconv_mm import DOConv2d
-from test_do_conv import trained_like
+from layer_helpers import trained_like
 
 
 def small_net(seed=0):

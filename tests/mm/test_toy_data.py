@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from doconv_mm.toy_data import (CITYSCAPES_REGIONS, CITYSCAPES_SHAPES, COCO_CLASSES, VOC_SHAPES,
-                                write_cityscapes, write_coco, write_voc)
+from doconv_mm.mm.toy_data import (CITYSCAPES_REGIONS, CITYSCAPES_SHAPES, COCO_CLASSES, VOC_SHAPES,
+                                   write_cityscapes, write_coco, write_voc)
 from mm_helpers import ROOT
 
 SEG_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]

@@ -9,7 +9,7 @@ from mmengine.runner import load_checkpoint
 
 from doconv_mm import DOConv2d
 from reference import two_stage
-from test_do_conv import TOL32, rel_err, trained_like
+from layer_helpers import TOL32, rel_err, trained_like
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])

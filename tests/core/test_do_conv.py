@@ -6,29 +6,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+try:  # torch >= 2.0
+    from torch.func import functional_call
+except ImportError:  # torch 1.13
+    from torch.nn.utils.stateless import functional_call
+
 from doconv_mm import DOConv2d, do_conv_kernel, fold_model
+from layer_helpers import TOL32, TOL64, rel_err, trained_like
 from reference import two_stage
-
-# Tolerances: float64 layer vs float64 reference 1e-10 (relative to the output's scale);
-# float32 layer vs float64 reference 1e-5.
-TOL64, TOL32 = 1e-10, 1e-5
-
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def trained_like(conv, seed=0):
-    """Give ``conv`` a non-zero D (as after training) and random bias; returns it."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if conv.D is not None:
-            conv.D.copy_(0.3 * torch.randn(conv.D.shape, generator=g))
-        if conv.bias is not None:
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
-    return conv
-
 
 # groups as (in, out, groups): DO-Conv, DO-GConv, DO-DConv, DO-DConv with channel multiplier 2
 GROUPINGS = [(4, 6, 1), (4, 6, 2), (4, 4, 4), (4, 8, 4)]
@@ -114,7 +99,7 @@ def test_gradcheck():
     names = [n for n, _ in conv.named_parameters()]
 
     def f(x, *params):
-        return torch.func.functional_call(conv, dict(zip(names, params)), (x, ))
+        return functional_call(conv, dict(zip(names, params)), (x, ))
 
     assert torch.autograd.gradcheck(f, (x, *conv.parameters()))
 

@@ -26,10 +26,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
+
+from ._compat import autocast_dtype
 
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
 
@@ -79,8 +80,8 @@ class _DOConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             K = do_conv_kernel(weight, D, W_extra)
-        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
-            dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None and x.dtype != torch.float64:
             x, K = x.to(dtype), K.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight, D, W_extra)
@@ -134,7 +135,6 @@ def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups,
     return ks
 
 
-@MODELS.register_module('DOConv')
 class DOConv2d(nn.Conv2d):
     """A drop-in ``nn.Conv2d`` trained as DO-Conv (DO-DConv / DO-GConv for groups > 1).
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from doconv_mm.toy_data import write_coco
+from doconv_mm.mm.toy_data import write_coco
 from mm_helpers import ROOT
 
 DO_CFG = osp.join(ROOT, 'configs/demo/faster-rcnn_r18_fpn_doconv-all_toy-coco.py')
@@ -160,7 +160,7 @@ def test_fold_ckpt_bad_input(case, inputs):
 def test_fold_ckpt_without_do_conv_is_an_identical_copy(workspace, tmp_path):
     sys.path.insert(0, ROOT)
     from mmengine.config import Config
-    from doconv_mm.release import build_model
+    from doconv_mm.mm.fold_checkpoint import build_model
     torch.manual_seed(0)
     state = build_model(Config.fromfile(STOCK_CFG)).state_dict()
     torch.save(dict(meta=dict(epoch=1), state_dict=state), tmp_path / 'stock.pth')

@@ -3,8 +3,6 @@ import io
 import time
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -12,10 +10,12 @@ import torch.nn as nn
 
 from ddp_worker import batch, ddp_step, small_net
 from doconv_mm import fold_model
-from test_do_conv import TOL32, rel_err
+from layer_helpers import TOL32, rel_err
 
 
 def test_folded_model_exports_to_onnx_and_torchscript():
+    onnx = pytest.importorskip('onnx', reason='onnx is in the tests extra')
+    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime is in the tests extra')
     net = small_net().eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Folding a trained mmdet/mmseg checkpoint into a plain-conv release (tools/fold_ckpt.py)."""
+"""Folding a trained mmdet/mmseg state dict into the plain network's, with a check that both compute
+the same (the model-level part of :mod:`doconv_mm.mm.release`)."""
 import copy
 from dataclasses import dataclass
 from typing import Dict, List
@@ -10,7 +11,7 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, DefaultScope
 from mmengine.utils import import_modules_from_strings
 
-from .fold import count_do_convs, fold_model
+from ..core import count_do_convs, do_conv_kernel, fold_model
 
 
 class CheckpointMismatch(ValueError):
@@ -121,7 +122,6 @@ def fold_state_dict_by_key(state_dict: Dict[str, torch.Tensor]) -> Dict[str, tor
     For checkpoints whose model cannot be built. Groups are read off the shapes
     (``C_in / weight.shape[1]``).
     """
-    from .do_conv import do_conv_kernel
     out = copy.copy(state_dict)
     for key in [k for k in state_dict if k.endswith('.D')]:
         prefix = key[:-len('D')]
