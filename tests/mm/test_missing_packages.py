@@ -85,6 +85,21 @@ def test_mmseg_without_mmdet_registers_doconv_and_builds_segmentors():
     assert 'faster-rcnn_r50_fpn_doconv-head_1x_coco.py (a mmdet config) needs mmdet' in out
 
 
+def test_segmentation_config_without_mmseg_names_mmseg():
+    out = check('mmseg', f"""
+        from doconv_mm.mm.runtime import read_config
+        from doconv_mm.requirements import MissingPackageError
+        try:
+            read_config({SEG_CFG!r})
+        except MissingPackageError as e:
+            print(e)
+        else:
+            raise AssertionError('no error without mmseg')
+        """)
+    assert '(a mmseg config) needs mmseg, which is not installed' in out, out
+    assert 'pip install "doconv_mm[seg]"' in out
+
+
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp('missing_packages')
