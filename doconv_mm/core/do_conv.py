@@ -171,7 +171,7 @@ class DOConv2d(nn.Conv2d):
         self.W_extra = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
             if self.D_mul > mn else None
-        self._cache = None  # (key, kernel) of the last composition that needed no gradient
+        self._cache = None  # ([(parameter, version)], kernel) of the last composition without grad
         self._init_do_params()
 
     def _init_do_params(self) -> None:
@@ -207,16 +207,28 @@ class DOConv2d(nn.Conv2d):
             return super()._conv_forward(input, weight, bias)
         if weight is not self.weight:  # transformed (efficient conv-bn eval): composed, not cached
             return super()._conv_forward(input, self.kernel(weight), bias)
-        params = (self.weight, self.D, self.W_extra)
-        if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+        params = [p for p in (self.weight, self.D, self.W_extra) if p is not None]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._cache = None
             return self._train_forward(input, bias)
-        # Parameters change in place (optimizer steps, load_state_dict) or by replacement.
-        key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params
-                    if p is not None)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._exact_kernel())
+        if not self._cache_valid(params):
+            self._cache = ([(p.detach(), p._version) for p in params], self._exact_kernel())
         return super()._conv_forward(input, self._cache[1], bias)
+
+    def _cache_valid(self, params) -> bool:
+        """Whether the cached kernel was composed from ``params`` as they are now.
+
+        Parameters change in place (optimizer steps, ``load_state_dict``, ``add_`` under no_grad:
+        the version counter moves) or by replacement (``.to()``, ``.data =``, a new Parameter: the
+        memory differs). The cache holds the tensors it was composed from, so their memory cannot
+        be handed to a replacement while it is kept. Edits through ``.data`` bypass the version
+        counter; :meth:`train` (and so ``eval()``) drops the cache for them.
+        """
+        if self._cache is None or len(self._cache[0]) != len(params):
+            return False
+        return all(p._version == version and p.data_ptr() == held.data_ptr()
+                   and p.dtype == held.dtype and p.device == held.device and p.shape == held.shape
+                   for p, (held, version) in zip(params, self._cache[0]))
 
     def _train_forward(self, input: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The convolution through :class:`_DOConvFunction`, with padding as nn.Conv2d pads:
@@ -230,6 +242,10 @@ class DOConv2d(nn.Conv2d):
         return _DOConvFunction.apply(input, self.weight, self.D, self.W_extra, bias, self.stride,
                                      padding, self.dilation, self.groups)
 
+    def train(self, mode: bool = True) -> 'DOConv2d':
+        self._cache = None  # parameters edited through .data leave no trace but this call
+        return super().train(mode)
+
     @torch.no_grad()
     def _exact_kernel(self) -> Tensor:
         """``K`` composed in float64 and cast back: exactly the kernel :meth:`fold` writes, so
@@ -238,10 +254,6 @@ class DOConv2d(nn.Conv2d):
         W_extra = None if self.W_extra is None else self.W_extra.double()
         with torch.autocast(self.weight.device.type, enabled=False):
             return do_conv_kernel(self.weight.double(), D, W_extra).to(self.weight.dtype)
-
-    def train(self, mode: bool = True) -> 'DOConv2d':
-        self._cache = None
-        return super().train(mode)
 
     def __setattr__(self, name: str, value) -> None:
         # mmcv's fuse_conv_bn replaces ``weight`` by a rescaled copy, which is exact only when

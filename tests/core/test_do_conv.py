@@ -261,11 +261,45 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change():
         out2 = conv(x)
     assert conv._cache[1] is not k1
     assert rel_err(out2, two_stage(x, conv)) < TOL32
-    conv.train()
-    assert conv._cache is None
     # with gradients needed the kernel is composed afresh and nothing is cached
+    conv.train()
     conv(x).sum().backward()
     assert conv._cache is None and conv.D.grad is not None
+
+
+def test_eval_cache_is_composed_again_whenever_a_parameter_changes():
+    """Without any mode switch in between, the cached kernel is composed again exactly when a
+    parameter changes in place (version counter) or is replaced (.to() round trip, .data =, a new
+    Parameter), and is never stale."""
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11)).eval()
+    x = torch.randn(1, 4, 5, 5)
+
+    def forward_checked():
+        with torch.no_grad():
+            out = conv(x)
+        assert rel_err(out, two_stage(x, conv)) < TOL32  # never a stale kernel
+        return conv._cache[1]
+
+    @torch.no_grad()
+    def scale_W_extra():
+        conv.W_extra.mul_(2)
+
+    kernel = forward_checked()
+    assert forward_checked() is kernel  # kept while nothing changes
+    changes = {
+        'load_state_dict': lambda: conv.load_state_dict(
+            {k: v + 0.1 for k, v in conv.state_dict().items()}),
+        'in-place edit of W_extra': scale_W_extra,
+        '.to(float64) and back': lambda: conv.double().float(),
+        'weight.data replaced': lambda: setattr(conv.weight, 'data', conv.weight.data * 0.5),
+        'new D parameter': lambda: setattr(conv, 'D', nn.Parameter(conv.D.detach() + 0.2)),
+    }
+    for what, change in changes.items():
+        change()
+        new = forward_checked()
+        assert new is not kernel, what
+        kernel = new
 
 
 def test_autocast_cpu_bfloat16():
