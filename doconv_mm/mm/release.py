@@ -82,28 +82,30 @@ def _stage(path: str, save: Callable[[str], None]) -> str:
     return tmp
 
 
-def write_files(files: Dict[str, Callable[[str], None]], publish: bool, force: bool) -> List[str]:
+def write_files(files: Dict[str, Callable[[str], None]], publish: bool,
+                force: bool) -> Dict[str, Optional[str]]:
     """Write each ``{path: save}`` under a temporary name, then rename them all into place.
 
     With ``publish``, the ``.pth`` file's name gets the first 8 hex digits of its sha256, as
-    OpenMMLab's ``publish_model.py`` does. Returns the paths written.
+    OpenMMLab's ``publish_model.py`` does. Returns ``{path written: sha256 (.pth files) or None}``.
     """
-    staged = {}
+    staged, digests = {}, {}
     try:
         for path, save in files.items():
             tmp = _stage(path, save)
-            if publish and path.endswith('.pth'):
-                path = path[:-len('.pth')] + f'-{sha256(tmp)[:8]}.pth'
+            digest = sha256(tmp) if path.endswith('.pth') else None
+            if publish and digest is not None:
+                path = path[:-len('.pth')] + f'-{digest[:8]}.pth'
                 if osp.exists(path) and not force:
                     raise ReleaseError(f'output {path!r} exists; pass --force to overwrite it')
-            staged[path] = tmp
+            staged[path], digests[path] = tmp, digest
         for path, tmp in staged.items():
             os.replace(tmp, path)
     finally:
         for tmp in staged.values():
             if osp.exists(tmp):
                 os.remove(tmp)
-    return list(staged)
+    return digests
 
 
 def make_release(config: Optional[str], checkpoint: str, out: str, *, force: bool = False,
@@ -142,7 +144,7 @@ def make_release(config: Optional[str], checkpoint: str, out: str, *, force: boo
     release = dict(meta=meta, state_dict=folded)
     files = {out: lambda tmp: torch.save(release, tmp), **files}
     written = write_files(files, publish, force)
-    for path in written:
-        log(f'wrote {path}' + (f' sha256 {sha256(path)}' if path.endswith('.pth') else
+    for path, digest in written.items():
+        log(f'wrote {path}' + (f' sha256 {digest}' if digest else
                                ' (deploy config: stock mmdet/mmseg, no doconv_mm needed)'))
-    return written
+    return list(written)
