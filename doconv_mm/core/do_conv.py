@@ -21,7 +21,8 @@ D_mul > MN). Hence ``K = weight + sum_s D[c, :, s] * W[o, i, s]``:
   channel rescaling of ``weight`` (mmcv's ``fuse_conv_bn``, ``ConvModule``'s efficient conv-bn
   eval) rescales ``K`` the same way and stays exact.
 """
-from typing import Optional, Tuple, Union
+from itertools import repeat
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -35,8 +36,82 @@ from ._compat import autocast_dtype
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
 
 
+def _blocks(groups: int, kernel_like, channel_like):
+    """Batched views of the composition's operands, one block at a time, so that every batch
+    index is a global input channel ``c``: kernel-shaped tensors (C_out, C_in/groups, X) as
+    (batch, C_out/groups, X) and per-channel ones (C_in, MN, X) as (batch, MN, X). One block for
+    groups=1 and for depthwise convs, one per group otherwise. None stays None."""
+    c_in_g = kernel_like[0].shape[1]
+
+    def kernel(t):
+        if t is None:
+            return repeat(None)
+        c_out, _, x = t.shape
+        if c_in_g == 1:  # depthwise: the batch runs over c = group
+            return [t.view(groups, c_out // groups, x)]
+        return t.view(groups, c_out // groups, c_in_g, x).transpose(1, 2)
+
+    def channel(t):
+        return repeat(None) if t is None else [t] if c_in_g == 1 else t.split(c_in_g)
+    return zip(*map(kernel, kernel_like), *map(channel, channel_like))
+
+
+def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
+    """``K_c = weight_c + [weight_c | W_extra_c] @ D_c^T`` for every input channel ``c``: batched
+    matmuls that write straight into ``K``'s contiguous layout."""
+    c_out, c_in_g, kh, kw = weight.shape
+    shape, mn = (c_out, c_in_g, kh * kw), kh * kw
+    K = weight.new_empty(shape)
+    for k, w, w_extra, d in _blocks(D.shape[0] // c_in_g, (K, weight.reshape(shape), W_extra),
+                                    (D, )):
+        torch.baddbmm(w, w, d[..., :mn].transpose(1, 2), out=k)
+        if w_extra is not None:
+            k.baddbmm_(w_extra, d[..., mn:].transpose(1, 2))
+    return K.view(weight.shape)
+
+
+def _compose_grads(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
+                   needs: Sequence[bool]) -> List[Optional[Tensor]]:
+    """Gradients of ``weight``, ``D``, ``W_extra`` (where ``needs`` says) from ``G = dL/dK``:
+    ``d[weight_c | W_extra_c] = G_c @ D_c + [G_c | 0]`` and ``dD_c = G_c^T @ [weight_c | W_extra_c]``."""
+    c_out, c_in_g, kh, kw = weight.shape
+    shape, mn = (c_out, c_in_g, kh * kw), kh * kw
+    G = grad_K.reshape(shape)
+    g_weight = G.new_empty(shape) if needs[0] else None
+    g_D = torch.empty_like(D, memory_format=torch.contiguous_format) if needs[1] else None
+    g_extra = torch.empty_like(W_extra) if W_extra is not None and needs[2] else None
+    blocks = _blocks(D.shape[0] // c_in_g,
+                     (G, weight.reshape(shape), W_extra, g_weight, g_extra), (D, g_D))
+    for g, w, w_extra, gw, ge, d, gd in blocks:
+        if gw is not None:
+            torch.baddbmm(g, g, d[..., :mn], out=gw)
+        if ge is not None:
+            torch.bmm(g, d[..., mn:], out=ge)
+        if gd is not None:
+            torch.bmm(g.transpose(1, 2), w, out=gd[..., :mn])
+            if w_extra is not None:
+                torch.bmm(g.transpose(1, 2), w_extra, out=gd[..., mn:])
+    return [None if g_weight is None else g_weight.view(weight.shape), g_D, g_extra]
+
+
+class _Compose(torch.autograd.Function):
+    """:func:`_compose` with its gradients in closed form (:func:`_compose_grads`)."""
+
+    @staticmethod
+    def forward(ctx, weight, D, W_extra):
+        ctx.save_for_backward(weight, D, W_extra)
+        return _compose(weight, D, W_extra)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_K):
+        return tuple(_compose_grads(grad_K, *ctx.saved_tensors, ctx.needs_input_grad))
+
+
 def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor] = None) -> Tensor:
-    """Compose the DO-Conv kernel ``K`` from ``W = [weight | W_extra]`` and ``D`` (see module doc).
+    """Compose the DO-Conv kernel ``K`` from ``W = [weight | W_extra]`` and ``D`` (see module doc):
+    ``K[o, i, m] = weight[o, i, m] + sum_s W[o, i, s] * D[c, m, s]``, in the parameters' dtype
+    (autocast does not apply), contiguous, differentiable (once).
 
     Args:
         weight: (C_out, C_in/groups, M, N), the first MN columns of ``W``.
@@ -45,25 +120,8 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
     """
     if D is None:
         return weight
-    c_out, c_in_g, kh, kw = weight.shape
-    c_in, mn, d_mul = D.shape
-    groups = c_in // c_in_g
-    W = weight.reshape(c_out, c_in_g, mn)
-    if W_extra is not None:
-        W = torch.cat([W, W_extra], dim=2)
-    DI = D + torch.eye(mn, d_mul, dtype=D.dtype, device=D.device)  # small: C_in x MN x D_mul
-    # One batched matmul over (group, input channel), output channels as the wide dimension:
-    # KT[g, i, m, o] = sum_s DI[c, m, s] * W[o, i, s]; then a copy into K's (contiguous) layout:
-    # a convolution given a strided view as its weight reorders it on every call (2.4x slower
-    # for 512 channels on an 8x8 map here). For groups=1 the copy is a 2D transpose, which ATen
-    # copies in cache-sized tiles (2x faster than the general strided copy at 256-512 channels).
-    KT = DI.view(groups, c_in_g, mn, d_mul) @ W.view(groups, c_out // groups, c_in_g,
-                                                     d_mul).permute(0, 2, 3, 1)
-    if groups == 1:
-        K = KT.view(c_in * mn, c_out).t().contiguous()
-    else:
-        K = KT.permute(0, 3, 1, 2).contiguous()
-    return K.view(c_out, c_in_g, kh, kw)
+    with torch.autocast(weight.device.type, enabled=False):
+        return _Compose.apply(weight, D, W_extra)
 
 
 class _DOConvFunction(torch.autograd.Function):
@@ -78,8 +136,8 @@ class _DOConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups):
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            K = do_conv_kernel(weight, D, W_extra)
+        with torch.autocast(x.device.type, enabled=False):
+            K = _compose(weight, D, W_extra)
         dtype = autocast_dtype(x.device.type)
         if dtype is not None and x.dtype != torch.float64:
             x, K = x.to(dtype), K.to(dtype)
@@ -92,20 +150,19 @@ class _DOConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, *params = ctx.saved_tensors  # weight, D, W_extra (None when D_mul == MN)
+        x, weight, D, W_extra = ctx.saved_tensors  # W_extra is None when D_mul == MN
         stride, padding, dilation, groups, bias_sizes = ctx.conv
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
-        leaves = [None if p is None else p.detach().requires_grad_(need)
-                  for p, need in zip(params, ctx.needs_input_grad[1:4])]
-        wanted = [p for p in leaves if p is not None and p.requires_grad]
-        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            K = do_conv_kernel(*leaves).to(x.dtype)
-        grad_x, grad_k, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x, K.detach(), bias_sizes, stride, padding, dilation, False, [0, 0], groups,
-            [need_x, bool(wanted), need_b and bias_sizes is not None])
-        found = iter(torch.autograd.grad(K, wanted, grad_k) if wanted else ())
-        grad_params = [next(found) if p is not None and p.requires_grad else None for p in leaves]
-        return (grad_x, *grad_params, grad_b, None, None, None, None)
+        need_params = ctx.needs_input_grad[1:4]
+        with torch.autocast(x.device.type, enabled=False):
+            K = _compose(weight, D, W_extra).to(x.dtype)
+        grad_x, grad_K, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, x, K, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+            [need_x, any(need_params), need_b and bias_sizes is not None])
+        del K
+        grads = _compose_grads(grad_K.to(weight.dtype), weight, D, W_extra, need_params) \
+            if any(need_params) else [None] * 3
+        return (grad_x, *grads, grad_b, None, None, None, None)
 
 
 def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups, padding_mode,
@@ -222,7 +279,7 @@ class DOConv2d(nn.Conv2d):
         the version counter moves) or by replacement (``.to()``, ``.data =``, a new Parameter: the
         memory differs). The cache holds the tensors it was composed from, so their memory cannot
         be handed to a replacement while it is kept. Edits through ``.data`` bypass the version
-        counter; :meth:`train` (and so ``eval()``) drops the cache for them.
+        counter; a change of mode (:meth:`train`) drops the cache for them.
         """
         if self._cache is None or len(self._cache[0]) != len(params):
             return False
@@ -243,7 +300,12 @@ class DOConv2d(nn.Conv2d):
                                      padding, self.dilation, self.groups)
 
     def train(self, mode: bool = True) -> 'DOConv2d':
-        self._cache = None  # parameters edited through .data leave no trace but this call
+        """Drops the cached kernel when the mode changes, and only then: edits through ``.data``
+        (e.g. mmengine's EMA hook swapping weights before validation) leave no trace but the
+        switch between training and evaluation that follows them; repeated ``eval()`` calls keep
+        the kernel."""
+        if mode != self.training:
+            self._cache = None
         return super().train(mode)
 
     @torch.no_grad()

@@ -79,6 +79,42 @@ def test_gradients_match_two_stage_reference(channels):
             assert rel_err(a, b) < TOL64, (kernel, name)
 
 
+def loop_kernel(weight, D, W_extra):
+    """K by the module doc's formula, one (output, input channel) pair at a time (float64)."""
+    c_out, c_in_g, kh, kw = weight.shape
+    W = weight.reshape(c_out, c_in_g, -1)
+    W = W if W_extra is None else torch.cat([W, W_extra], 2)
+    eye = torch.eye(kh * kw, D.shape[2], dtype=D.dtype)
+    c_out_g = c_out // (D.shape[0] // c_in_g)
+    rows = [torch.stack([(D[o // c_out_g * c_in_g + i] + eye) @ W[o, i] for i in range(c_in_g)])
+            for o in range(c_out)]
+    return torch.stack(rows).view(weight.shape)
+
+
+@pytest.mark.parametrize('channels', GROUPINGS + [(6, 6, 3)],
+                         ids=lambda c: 'in{}-out{}-g{}'.format(*c))
+@pytest.mark.parametrize('d_extra', [0, 3])
+def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extra):
+    """do_conv_kernel and its hand-written backward against the formula composed pair by pair
+    (autograd through the loop gives the reference gradients), for every input needing a
+    gradient and for each one alone."""
+    c_in, c_out, groups = channels
+    torch.manual_seed(0)
+    weight = torch.randn(c_out, c_in // groups, 3, 3, dtype=torch.float64)
+    D = 0.3 * torch.randn(c_in, 9, 9 + d_extra, dtype=torch.float64)
+    W_extra = torch.randn(c_out, c_in // groups, d_extra, dtype=torch.float64) if d_extra else None
+    G = torch.randn_like(weight)
+    leaves = [t for t in (weight, D, W_extra) if t is not None]
+    for wanted in [leaves] + [[t] for t in leaves]:
+        for t in leaves:
+            t.requires_grad_(any(t is w for w in wanted))
+        K = do_conv_kernel(weight, D, W_extra)
+        assert K.is_contiguous() and rel_err(K, loop_kernel(weight, D, W_extra)) < TOL64
+        ours = torch.autograd.grad(K, wanted, G)
+        ref = torch.autograd.grad(loop_kernel(weight, D, W_extra), wanted, G)
+        assert all(rel_err(a, b) < TOL64 for a, b in zip(ours, ref))
+
+
 @pytest.mark.parametrize('frozen', ['weight', 'D', 'W_extra', 'bias'])
 def test_partly_frozen_layer_gradients_match_reference(frozen):
     torch.manual_seed(0)
@@ -300,6 +336,35 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes():
         new = forward_checked()
         assert new is not kernel, what
         kernel = new
+
+
+def test_eval_cache_survives_repeated_mode_calls_and_drops_at_a_mode_switch():
+    """model.eval() before every batch keeps the kernel; a switch between training and evaluation
+    drops it, which is what catches edits made through .data (they move no version counter)."""
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).eval()
+    net = nn.Sequential(conv)
+    x = torch.randn(1, 4, 5, 5)
+
+    def forward_checked():
+        with torch.no_grad():
+            out = conv(x)
+        assert rel_err(out, two_stage(x, conv)) < TOL32
+        return conv._cache[1]
+
+    kernel = forward_checked()
+    for _ in range(3):
+        net.eval()
+        assert forward_checked() is kernel
+    conv.D.data.add_(0.3)  # invisible to D's version counter
+    net.train()
+    net.eval()
+    kernel = forward_checked()
+    net.train()  # training mode without gradients (e.g. BN recalibration) caches too
+    assert forward_checked() is not kernel
+    kernel = conv._cache[1]
+    net.train()
+    assert forward_checked() is kernel
 
 
 def test_autocast_cpu_bfloat16():

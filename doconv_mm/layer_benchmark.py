@@ -1,0 +1,180 @@
+"""DO-Conv layers against ``nn.Conv2d`` and against the naive composition, side by side in one
+process (``tools/benchmark.py --layers``); needs torch only.
+
+The naive layer is the simplest DO-Conv a user could write, as the DO-Conv authors' PyTorch layer
+does it: the kernel composed by one einsum on every forward (in evaluation too), autograd keeping
+that kernel for the backward pass. It shares the DOConv2d's parameters, so all three compute the
+same thing. Every figure is the median of alternating runs (stock, ours, naive in turn).
+
+Memory is what a training forward leaves saved for its backward pass beyond the input and the
+parameters (which every variant keeps), counted by ``saved_tensors_hooks``: 0 for ``nn.Conv2d``.
+The arithmetic floor of the composition is its multiply-adds (``2 C_out C_in/groups MN D_mul``
+flops forward, twice that for the two gradients) at this machine's float32 matmul rate,
+measured on a 1024^3 matmul in the same run.
+"""
+import platform
+import statistics
+import time
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .core import DOConv2d, do_conv_kernel
+
+# (in, out, groups, feature size): ResNet 3x3 convs per stage, DeepLabv3's ASPP (2048 -> 512),
+# a ResNeXt grouped conv and a depthwise one
+SHAPES = [(64, 64, 1, 64), (256, 256, 1, 16), (512, 512, 1, 8), (2048, 512, 1, 32),
+          (256, 256, 32, 16), (256, 256, 256, 32)]
+BATCH = 2
+
+
+def alternate(fns: Sequence[Callable], repeats: int, warmup: int = 1) -> List[float]:
+    """Median seconds of each function, called in turn ``repeats`` times after ``warmup``."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def naive_kernel(weight: Tensor, D: Tensor, W_extra: Optional[Tensor] = None) -> Tensor:
+    """The kernel by one einsum over ``D + I`` and ``W = [weight | W_extra]``, autograd through it."""
+    c_out, c_in_g, kh, kw = weight.shape
+    mn, groups = kh * kw, D.shape[0] // c_in_g
+    W = weight.reshape(c_out, c_in_g, mn)
+    if W_extra is not None:
+        W = torch.cat([W, W_extra], 2)
+    DI = D + torch.eye(mn, D.shape[2], dtype=D.dtype, device=D.device)
+    K = torch.einsum('gims,gois->goim', DI.view(groups, c_in_g, mn, -1),
+                     W.view(groups, c_out // groups, c_in_g, -1))
+    return K.reshape(weight.shape)
+
+
+class NaiveDOConv2d(nn.Module):
+    """The naive DO-Conv (see module doc) on the parameters of ``layer`` (zero padding only)."""
+
+    def __init__(self, layer: DOConv2d) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.layer
+        return F.conv2d(x, naive_kernel(m.weight, m.D, m.W_extra), m.bias, m.stride, m.padding,
+                        m.dilation, m.groups)
+
+
+def saved_bytes(module: nn.Module, x: Tensor) -> int:
+    """Bytes a training forward of ``module`` saves for backward, beyond ``x`` and parameters."""
+    own = {t.data_ptr() for t in (x, *module.parameters())}
+    seen = {}
+
+    def pack(t):
+        if t.data_ptr() not in own:
+            seen[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum().backward()
+    return sum(seen.values())
+
+
+def matmul_gflops(repeats: int) -> float:
+    """This machine's float32 matmul rate on a 1024^3 product, in GFLOP/s."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024**3 / alternate([lambda: a @ b], repeats)[0] / 1e9
+
+
+def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gflops: float) -> dict:
+    torch.manual_seed(0)
+    stock = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
+    ours = DOConv2d(c_in, c_out, 3, padding=1, groups=groups)
+    with torch.no_grad():
+        ours.weight.copy_(stock.weight)
+        ours.bias.copy_(stock.bias)
+        ours.D.normal_(0, 0.05)  # trained-like: no shortcut may rely on D = 0
+    naive = NaiveDOConv2d(ours)
+    layers = (stock, ours, naive)
+    x = torch.randn(BATCH, c_in, size, size)
+
+    def train_step(m):
+        def step():
+            m.train()
+            m(x).sum().backward()
+        return step
+
+    def forward(m):
+        def fwd():
+            m.train()
+            m(x)
+        return fwd
+
+    def infer(m):
+        def fwd():
+            m.eval()  # as a loop calling model.eval() before each batch does
+            with torch.no_grad():
+                m(x)
+        return fwd
+
+    train = alternate([train_step(m) for m in layers], repeats)
+    fwd = alternate([forward(m) for m in layers], repeats)
+    evals = alternate([infer(m) for m in layers], repeats)
+    w, D = ours.weight.detach().requires_grad_(), ours.D.detach().requires_grad_()
+    G = torch.randn_like(w)
+
+    def compose(fn, backward):
+        def run():
+            if backward:
+                fn(w, D).backward(G)
+            else:
+                with torch.no_grad():
+                    fn(w, D)
+        return run
+    comp = alternate([compose(do_conv_kernel, False), compose(naive_kernel, False)], repeats)
+    comp_bwd = alternate([compose(do_conv_kernel, True), compose(naive_kernel, True)], repeats)
+    flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
+    return dict(
+        shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') + f' {size}x{size}',
+        stock_train_ms=train[0] * 1e3, ours_train=train[1] / train[0], naive_train=train[2] / train[0],
+        stock_fwd_ms=fwd[0] * 1e3, ours_fwd=fwd[1] / fwd[0], naive_fwd=fwd[2] / fwd[0],
+        stock_eval_ms=evals[0] * 1e3, ours_eval=evals[1] / evals[0], naive_eval=evals[2] / evals[0],
+        ours_compose_ms=comp[0] * 1e3, naive_compose_ms=comp[1] * 1e3,
+        ours_compose_bwd_ms=comp_bwd[0] * 1e3, naive_compose_bwd_ms=comp_bwd[1] * 1e3,
+        floor_compose_ms=flops / gflops / 1e6, floor_compose_bwd_ms=3 * flops / gflops / 1e6,
+        saved_mb=[saved_bytes(m, x) / 2**20 for m in layers])
+
+
+def run(repeats: int = 15, shapes=SHAPES) -> dict:
+    """Every shape's figures; the result as :func:`markdown` prints it."""
+    gflops = matmul_gflops(repeats)
+    return dict(machine=f'{platform.processor() or platform.machine()}, '
+                        f'{torch.get_num_threads()} threads, torch {torch.__version__}',
+                matmul_gflops=gflops, repeats=repeats,
+                layers=[bench_shape(*shape, repeats, gflops) for shape in shapes])
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}; float32 matmul {result['matmul_gflops']:.0f} GFLOP/s; "
+             f"medians of {result['repeats']} alternating runs, batch {BATCH}, 3x3, D_mul = 9.", '',
+             '| layer | stock fwd+bwd | ours ÷ stock | naive ÷ stock | stock fwd | ours ÷ stock '
+             '| naive ÷ stock | stock eval | ours ÷ stock | naive ÷ stock |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for r in result['layers']:
+        lines.append(f"| {r['shape']} | {r['stock_train_ms']:.2f} ms | {r['ours_train']:.2f} | "
+                     f"{r['naive_train']:.2f} | {r['stock_fwd_ms']:.2f} ms | {r['ours_fwd']:.2f} | "
+                     f"{r['naive_fwd']:.2f} | {r['stock_eval_ms']:.2f} ms | {r['ours_eval']:.2f} | "
+                     f"{r['naive_eval']:.2f} |")
+    lines += ['', '| layer | composition fwd: ours / naive / floor | fwd+bwd: ours / naive / floor '
+              '| saved for backward MB: stock / ours / naive |', '| --- | --- | --- | --- |']
+    for r in result['layers']:
+        lines.append(f"| {r['shape']} | {r['ours_compose_ms']:.2f} / {r['naive_compose_ms']:.2f} / "
+                     f"{r['floor_compose_ms']:.2f} ms | {r['ours_compose_bwd_ms']:.2f} / "
+                     f"{r['naive_compose_bwd_ms']:.2f} / {r['floor_compose_bwd_ms']:.2f} ms | "
+                     + ' / '.join(f'{mb:.1f}' for mb in r['saved_mb']) + ' |')
+    return '\n'.join(lines)
