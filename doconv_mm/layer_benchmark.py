@@ -12,6 +12,7 @@ The arithmetic floor of the composition is its multiply-adds (``2 C_out C_in/gro
 flops forward, twice that for the two gradients) at this machine's float32 matmul rate,
 measured on a 1024^3 matmul in the same run.
 """
+import copy
 import platform
 import statistics
 import time
@@ -46,7 +47,7 @@ def alternate(fns: Sequence[Callable], repeats: int, warmup: int = 1) -> List[fl
 
 
 def naive_kernel(weight: Tensor, D: Tensor, W_extra: Optional[Tensor] = None) -> Tensor:
-    """The kernel by one einsum over ``D + I`` and ``W = [weight | W_extra]``, autograd through it."""
+    """The kernel by one einsum over ``D + I`` and ``W = [weight | W_extra]``; autograd backward."""
     c_out, c_in_g, kh, kw = weight.shape
     mn, groups = kh * kw, D.shape[0] // c_in_g
     W = weight.reshape(c_out, c_in_g, mn)
@@ -91,7 +92,13 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * 1024**3 / alternate([lambda: a @ b], repeats)[0] / 1e9
 
 
+VARIANTS = ('stock', 'ours', 'ours keep_kernel', 'naive')
+
+
 def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gflops: float) -> dict:
+    """One shape: each variant's training step, training forward and evaluation, the composition
+    alone (ours, naive) and the bytes saved for backward. The input needs a gradient, as for every
+    layer but a network's first."""
     torch.manual_seed(0)
     stock = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
     ours = DOConv2d(c_in, c_out, 3, padding=1, groups=groups)
@@ -99,9 +106,10 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
         ours.weight.copy_(stock.weight)
         ours.bias.copy_(stock.bias)
         ours.D.normal_(0, 0.05)  # trained-like: no shortcut may rely on D = 0
-    naive = NaiveDOConv2d(ours)
-    layers = (stock, ours, naive)
-    x = torch.randn(BATCH, c_in, size, size)
+    keep = copy.deepcopy(ours)
+    keep.keep_kernel = True
+    layers = (stock, ours, keep, NaiveDOConv2d(ours))
+    x = torch.randn(BATCH, c_in, size, size, requires_grad=True)
 
     def train_step(m):
         def step():
@@ -122,9 +130,12 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
                 m(x)
         return fwd
 
-    train = alternate([train_step(m) for m in layers], repeats)
-    fwd = alternate([forward(m) for m in layers], repeats)
-    evals = alternate([infer(m) for m in layers], repeats)
+    row = dict(shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') +
+               f' {size}x{size}')
+    for what, make in (('train', train_step), ('fwd', forward), ('eval', infer)):
+        times = alternate([make(m) for m in layers], repeats)
+        row[f'stock_{what}_ms'] = times[0] * 1e3
+        row[what] = {name: t / times[0] for name, t in zip(VARIANTS[1:], times[1:])}
     w, D = ours.weight.detach().requires_grad_(), ours.D.detach().requires_grad_()
     G = torch.randn_like(w)
 
@@ -139,15 +150,10 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
     comp = alternate([compose(do_conv_kernel, False), compose(naive_kernel, False)], repeats)
     comp_bwd = alternate([compose(do_conv_kernel, True), compose(naive_kernel, True)], repeats)
     flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
-    return dict(
-        shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') + f' {size}x{size}',
-        stock_train_ms=train[0] * 1e3, ours_train=train[1] / train[0], naive_train=train[2] / train[0],
-        stock_fwd_ms=fwd[0] * 1e3, ours_fwd=fwd[1] / fwd[0], naive_fwd=fwd[2] / fwd[0],
-        stock_eval_ms=evals[0] * 1e3, ours_eval=evals[1] / evals[0], naive_eval=evals[2] / evals[0],
-        ours_compose_ms=comp[0] * 1e3, naive_compose_ms=comp[1] * 1e3,
-        ours_compose_bwd_ms=comp_bwd[0] * 1e3, naive_compose_bwd_ms=comp_bwd[1] * 1e3,
-        floor_compose_ms=flops / gflops / 1e6, floor_compose_bwd_ms=3 * flops / gflops / 1e6,
-        saved_mb=[saved_bytes(m, x) / 2**20 for m in layers])
+    row.update(compose_ms=[comp[0] * 1e3, comp[1] * 1e3, flops / gflops / 1e6],
+               compose_bwd_ms=[comp_bwd[0] * 1e3, comp_bwd[1] * 1e3, 3 * flops / gflops / 1e6],
+               saved_mb={name: saved_bytes(m, x) / 2**20 for name, m in zip(VARIANTS, layers)})
+    return row
 
 
 def run(repeats: int = 15, shapes=SHAPES) -> dict:
@@ -160,21 +166,22 @@ def run(repeats: int = 15, shapes=SHAPES) -> dict:
 
 
 def markdown(result: dict) -> str:
+    names = VARIANTS[1:]
     lines = [f"Machine: {result['machine']}; float32 matmul {result['matmul_gflops']:.0f} GFLOP/s; "
-             f"medians of {result['repeats']} alternating runs, batch {BATCH}, 3x3, D_mul = 9.", '',
-             '| layer | stock fwd+bwd | ours ÷ stock | naive ÷ stock | stock fwd | ours ÷ stock '
-             '| naive ÷ stock | stock eval | ours ÷ stock | naive ÷ stock |',
-             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+             f"medians of {result['repeats']} alternating runs; batch {BATCH}, 3x3, D_mul = 9, "
+             'input with gradient.', '',
+             '| layer | | stock | ' + ' | '.join(f'{n} ÷ stock' for n in names) + ' |',
+             '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
     for r in result['layers']:
-        lines.append(f"| {r['shape']} | {r['stock_train_ms']:.2f} ms | {r['ours_train']:.2f} | "
-                     f"{r['naive_train']:.2f} | {r['stock_fwd_ms']:.2f} ms | {r['ours_fwd']:.2f} | "
-                     f"{r['naive_fwd']:.2f} | {r['stock_eval_ms']:.2f} ms | {r['ours_eval']:.2f} | "
-                     f"{r['naive_eval']:.2f} |")
-    lines += ['', '| layer | composition fwd: ours / naive / floor | fwd+bwd: ours / naive / floor '
-              '| saved for backward MB: stock / ours / naive |', '| --- | --- | --- | --- |']
+        for what, label in (('train', 'fwd+bwd'), ('fwd', 'training fwd'),
+                            ('eval', 'eval, eval() each call')):
+            lines.append(f"| {r['shape']} | {label} | {r[f'stock_{what}_ms']:.2f} ms | "
+                         + ' | '.join(f'{r[what][n]:.2f}' for n in names) + ' |')
+    lines += ['', '| layer | composition fwd ms: ours / naive / arithmetic floor | fwd+bwd ms: '
+              'ours / naive / floor | saved for backward MB: ' + ' / '.join(VARIANTS) + ' |',
+              '| --- | --- | --- | --- |']
     for r in result['layers']:
-        lines.append(f"| {r['shape']} | {r['ours_compose_ms']:.2f} / {r['naive_compose_ms']:.2f} / "
-                     f"{r['floor_compose_ms']:.2f} ms | {r['ours_compose_bwd_ms']:.2f} / "
-                     f"{r['naive_compose_bwd_ms']:.2f} / {r['floor_compose_bwd_ms']:.2f} ms | "
-                     + ' / '.join(f'{mb:.1f}' for mb in r['saved_mb']) + ' |')
+        lines.append(f"| {r['shape']} | " + ' / '.join(f'{t:.2f}' for t in r['compose_ms'])
+                     + ' | ' + ' / '.join(f'{t:.2f}' for t in r['compose_bwd_ms']) + ' | '
+                     + ' / '.join(f"{r['saved_mb'][n]:.1f}" for n in VARIANTS) + ' |')
     return '\n'.join(lines)

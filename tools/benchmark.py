@@ -1,11 +1,15 @@
 """DO-Conv's cost against plain convolutions, measured side by side in one process.
 
+    python tools/benchmark.py --layers [--repeats N] [--json FILE]
     python tools/benchmark.py [--quick] [--json FILE] [--repeats N] [--sizes 256 512]
 
-Layers (forward + backward), the training step and peak memory of Faster R-CNN R50-FPN and
-DeepLabv3 R50-D8 with DO-Conv across the whole network, unfolded and folded inference, each as the
-median of alternating runs and the ratio DO-Conv / stock; and fold_ckpt.py's wall time.
-(doconv_mm.mm.benchmark does the work.)
+--layers: DOConv2d against nn.Conv2d and against the naive einsum composition (the DO-Conv
+authors' way), per layer shape: training step, training forward, evaluation, the composition
+alone against its arithmetic floor, and the memory saved for backward (torch only;
+doconv_mm.layer_benchmark). Otherwise: the training step and peak memory of Faster R-CNN R50-FPN
+and DeepLabv3 R50-D8 with DO-Conv across the whole network, unfolded and folded inference, each
+as the median of alternating runs and the ratio DO-Conv / stock, and fold_ckpt.py's wall time
+(doconv_mm.mm.benchmark).
 """
 import argparse
 import json
@@ -14,31 +18,45 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from doconv_mm.mm.benchmark import MODELS, markdown, run  # noqa: E402
+from doconv_mm import layer_benchmark  # noqa: E402
+
+MODEL_NAMES = ['Faster R-CNN R50-FPN', 'DeepLabv3 R50-D8']  # doconv_mm.mm.benchmark.MODELS
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--layers', action='store_true',
+                        help='the layer table only (needs torch only)')
     parser.add_argument('--quick', action='store_true',
-                        help='tiny run for a smoke test: two layer shapes, one size, no memory')
-    parser.add_argument('--repeats', type=int, default=5)
+                        help='tiny run for a smoke test: two small layer shapes, or one model '
+                        'size without memory')
+    parser.add_argument('--repeats', type=int, default=None,
+                        help='alternating runs per figure (default: 15 for --layers, else 5)')
     parser.add_argument('--mem-repeats', type=int, default=3,
                         help='fresh processes per model and size for the peak memory')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
-    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS),
-                        metavar='NAME', help=f'models to measure (default: all of {list(MODELS)})')
+    parser.add_argument('--models', nargs='+', choices=MODEL_NAMES, default=MODEL_NAMES,
+                        metavar='NAME', help=f'models to measure (default: all of {MODEL_NAMES})')
     parser.add_argument('--no-fold', action='store_true', help='skip the fold_ckpt.py timing')
     parser.add_argument('--json', help='also write the results as JSON here')
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 15 if args.layers else 5
     for name in ('repeats', 'mem_repeats'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if any(size < 32 for size in args.sizes):
         parser.error(f'--sizes must be >= 32 px each, got {args.sizes}')
-    result = run(ROOT, args.sizes, args.repeats, args.mem_repeats, args.quick, args.models,
-                 fold=not args.no_fold)
-    print(markdown(result))
+    if args.layers:
+        shapes = [(32, 32, 1, 16), (32, 32, 4, 16)] if args.quick else layer_benchmark.SHAPES
+        result = layer_benchmark.run(args.repeats, shapes)
+        print(layer_benchmark.markdown(result))
+    else:
+        from doconv_mm.mm.benchmark import markdown, run
+        result = run(ROOT, args.sizes, args.repeats, args.mem_repeats, args.quick, args.models,
+                     fold=not args.no_fold)
+        print(markdown(result))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)

@@ -21,7 +21,6 @@ D_mul > MN). Hence ``K = weight + sum_s D[c, :, s] * W[o, i, s]``:
   channel rescaling of ``weight`` (mmcv's ``fuse_conv_bn``, ``ConvModule``'s efficient conv-bn
   eval) rescales ``K`` the same way and stays exact.
 """
-from itertools import repeat
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,62 +35,41 @@ from ._compat import autocast_dtype
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
 
 
-def _blocks(groups: int, kernel_like, channel_like):
-    """Batched views of the composition's operands, one block at a time, so that every batch
-    index is a global input channel ``c``: kernel-shaped tensors (C_out, C_in/groups, X) as
-    (batch, C_out/groups, X) and per-channel ones (C_in, MN, X) as (batch, MN, X). One block for
-    groups=1 and for depthwise convs, one per group otherwise. None stays None."""
-    c_in_g = kernel_like[0].shape[1]
-
-    def kernel(t):
-        if t is None:
-            return repeat(None)
-        c_out, _, x = t.shape
-        if c_in_g == 1:  # depthwise: the batch runs over c = group
-            return [t.view(groups, c_out // groups, x)]
-        return t.view(groups, c_out // groups, c_in_g, x).transpose(1, 2)
-
-    def channel(t):
-        return repeat(None) if t is None else [t] if c_in_g == 1 else t.split(c_in_g)
-    return zip(*map(kernel, kernel_like), *map(channel, channel_like))
+def _operands(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]):
+    """``W = [weight | W_extra]`` as (groups, C_out/groups, C_in/groups, D_mul), ``D`` as
+    (groups, C_in/groups, MN, D_mul): indexed so that ``D`` pairs with each group's global input
+    channels."""
+    c_out, c_in_g = weight.shape[:2]
+    groups, mn, d_mul = D.shape[0] // c_in_g, D.shape[1], D.shape[2]
+    W = weight.reshape(c_out, c_in_g, mn)
+    if W_extra is not None:
+        W = torch.cat([W, W_extra], 2)
+    return W.view(groups, c_out // groups, c_in_g, d_mul), D.view(groups, c_in_g, mn, d_mul)
 
 
 def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
-    """``K_c = weight_c + [weight_c | W_extra_c] @ D_c^T`` for every input channel ``c``: batched
-    matmuls that write straight into ``K``'s contiguous layout."""
-    c_out, c_in_g, kh, kw = weight.shape
-    shape, mn = (c_out, c_in_g, kh * kw), kh * kw
-    K = weight.new_empty(shape)
-    for k, w, w_extra, d in _blocks(D.shape[0] // c_in_g, (K, weight.reshape(shape), W_extra),
-                                    (D, )):
-        torch.baddbmm(w, w, d[..., :mn].transpose(1, 2), out=k)
-        if w_extra is not None:
-            k.baddbmm_(w_extra, d[..., mn:].transpose(1, 2))
-    return K.view(weight.shape)
+    """``K = (D + I) W`` per input channel: one batched matmul, copied into ``K``'s layout."""
+    W, D = _operands(weight, D, W_extra)
+    DI = D + torch.eye(D.shape[2], D.shape[3], dtype=D.dtype, device=D.device)  # small
+    return torch.einsum('gims,gois->goim', DI, W).reshape(weight.shape).contiguous()
 
 
 def _compose_grads(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
                    needs: Sequence[bool]) -> List[Optional[Tensor]]:
     """Gradients of ``weight``, ``D``, ``W_extra`` (where ``needs`` says) from ``G = dL/dK``:
-    ``d[weight_c | W_extra_c] = G_c @ D_c + [G_c | 0]`` and ``dD_c = G_c^T @ [weight_c | W_extra_c]``."""
-    c_out, c_in_g, kh, kw = weight.shape
-    shape, mn = (c_out, c_in_g, kh * kw), kh * kw
-    G = grad_K.reshape(shape)
-    g_weight = G.new_empty(shape) if needs[0] else None
-    g_D = torch.empty_like(D, memory_format=torch.contiguous_format) if needs[1] else None
-    g_extra = torch.empty_like(W_extra) if W_extra is not None and needs[2] else None
-    blocks = _blocks(D.shape[0] // c_in_g,
-                     (G, weight.reshape(shape), W_extra, g_weight, g_extra), (D, g_D))
-    for g, w, w_extra, gw, ge, d, gd in blocks:
-        if gw is not None:
-            torch.baddbmm(g, g, d[..., :mn], out=gw)
-        if ge is not None:
-            torch.bmm(g, d[..., mn:], out=ge)
-        if gd is not None:
-            torch.bmm(g.transpose(1, 2), w, out=gd[..., :mn])
-            if w_extra is not None:
-                torch.bmm(g.transpose(1, 2), w_extra, out=gd[..., mn:])
-    return [None if g_weight is None else g_weight.view(weight.shape), g_D, g_extra]
+    ``dW = G (D + I)`` and ``dD = G^T W`` per input channel."""
+    W, Dg = _operands(weight, D, W_extra)
+    G = grad_K.reshape(W.shape[:3] + (D.shape[1], ))
+    g_weight = g_D = g_extra = None
+    if needs[0] or (W_extra is not None and needs[2]):
+        DI = Dg + torch.eye(Dg.shape[2], Dg.shape[3], dtype=D.dtype, device=D.device)
+        g_W = torch.einsum('goim,gims->gois', G, DI).reshape(weight.shape[0], weight.shape[1], -1)
+        mn = D.shape[1]
+        g_weight = g_W[..., :mn].reshape(weight.shape) if needs[0] else None
+        g_extra = g_W[..., mn:].contiguous() if W_extra is not None and needs[2] else None
+    if needs[1]:
+        g_D = torch.einsum('goim,gois->gims', G, W).reshape(D.shape)
+    return [g_weight, g_D, g_extra]
 
 
 class _Compose(torch.autograd.Function):
@@ -128,21 +106,23 @@ class _DOConvFunction(torch.autograd.Function):
     """``conv2d(x, do_conv_kernel(weight, D, W_extra), bias)`` that keeps no composed kernel.
 
     Plain autograd would keep ``K`` (one kernel-sized tensor per layer) alive from forward to
-    backward; here backward composes it again from the parameters, which costs one more
-    composition per step and leaves the step's peak memory that of a plain conv. Under autocast,
+    backward; here backward composes it again from the parameters (only where the input needs a
+    gradient: the kernel's own gradient does not read it), which costs one more composition per
+    step and leaves the step's peak memory that of a plain conv; ``keep_kernel`` keeps ``K``
+    instead, trading that memory for the time. Under autocast,
     ``K`` is composed in the parameters' dtype and the convolution runs in the autocast dtype, as
     ``nn.Conv2d`` does.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups, keep_kernel):
         with torch.autocast(x.device.type, enabled=False):
             K = _compose(weight, D, W_extra)
         dtype = autocast_dtype(x.device.type)
         if dtype is not None and x.dtype != torch.float64:
             x, K = x.to(dtype), K.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        ctx.save_for_backward(x, weight, D, W_extra)
+        ctx.save_for_backward(x, weight, D, W_extra, K if keep_kernel else None)
         ctx.conv = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]])
         with torch.autocast(x.device.type, enabled=False):
             return F.conv2d(x, K, bias, stride, padding, dilation, groups)
@@ -150,19 +130,22 @@ class _DOConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight, D, W_extra = ctx.saved_tensors  # W_extra is None when D_mul == MN
+        x, weight, D, W_extra, K = ctx.saved_tensors  # W_extra None when D_mul == MN
         stride, padding, dilation, groups, bias_sizes = ctx.conv
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
         need_params = ctx.needs_input_grad[1:4]
-        with torch.autocast(x.device.type, enabled=False):
-            K = _compose(weight, D, W_extra).to(x.dtype)
+        if K is None and need_x:
+            with torch.autocast(x.device.type, enabled=False):
+                K = _compose(weight, D, W_extra).to(x.dtype)
+        elif K is None:  # only the kernel's gradient, which does not read the kernel's values
+            K = weight.to(x.dtype)
         grad_x, grad_K, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x, K, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
             [need_x, any(need_params), need_b and bias_sizes is not None])
         del K
         grads = _compose_grads(grad_K.to(weight.dtype), weight, D, W_extra, need_params) \
             if any(need_params) else [None] * 3
-        return (grad_x, *grads, grad_b, None, None, None, None)
+        return (grad_x, *grads, grad_b, None, None, None, None, None)
 
 
 def _check_args(in_channels, out_channels, kernel_size, stride, padding, groups, padding_mode,
@@ -199,7 +182,9 @@ class DOConv2d(nn.Conv2d):
     kernels, which have no ``D`` and are plain convolutions). When the composed kernel needs no
     gradient (eval under ``torch.no_grad``), it is computed once and reused until a parameter
     changes, so unfolded inference costs what a plain conv costs. :meth:`fold` returns the
-    equivalent ``nn.Conv2d``.
+    equivalent ``nn.Conv2d``. Training composes the kernel again in the backward pass, so peak
+    memory is that of a plain conv; keyword-only ``keep_kernel=True`` keeps it from the forward
+    pass instead (one kernel-sized tensor per layer, one composition per step less).
     """
 
     def __init__(self,
@@ -215,13 +200,17 @@ class DOConv2d(nn.Conv2d):
                  device=None,
                  dtype=None,
                  *,
-                 D_mul: Optional[int] = None) -> None:
+                 D_mul: Optional[int] = None,
+                 keep_kernel: bool = False) -> None:
+        if not isinstance(keep_kernel, bool):
+            raise ValueError(f'keep_kernel must be True or False, got {keep_kernel!r}')
         kh, kw = _check_args(in_channels, out_channels, kernel_size, stride, padding, groups,
                              padding_mode, D_mul)
         super().__init__(in_channels, out_channels, (kh, kw), stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
         mn = kh * kw
         self.D_mul = mn if (D_mul is None or mn == 1) else D_mul
+        self.keep_kernel = keep_kernel
         factory = dict(device=device, dtype=dtype)
         self.D = nn.Parameter(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
             if mn > 1 else None
@@ -297,7 +286,7 @@ class DOConv2d(nn.Conv2d):
             mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
             input, padding = F.pad(input, pad, mode=mode), (0, 0)
         return _DOConvFunction.apply(input, self.weight, self.D, self.W_extra, bias, self.stride,
-                                     padding, self.dilation, self.groups)
+                                     padding, self.dilation, self.groups, self.keep_kernel)
 
     def train(self, mode: bool = True) -> 'DOConv2d':
         """Drops the cached kernel when the mode changes, and only then: edits through ``.data``
@@ -356,4 +345,5 @@ class DOConv2d(nn.Conv2d):
         return conv.train(self.training)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f', D_mul={self.D_mul}'
+        return super().extra_repr() + f', D_mul={self.D_mul}' + (
+            ', keep_kernel=True' if self.keep_kernel else '')

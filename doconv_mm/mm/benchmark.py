@@ -3,12 +3,13 @@
 
 Every comparison alternates the two models run by run, so machine drift cancels, and reports
 medians and the ratio DO-Conv / stock:
-1. layers: forward + backward of DOConv2d vs nn.Conv2d over typical shapes (batch 2);
-2. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
+(layers alone: :mod:`doconv_mm.layer_benchmark`)
+1. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
    DO-Conv across the whole network vs stock, per input size, and the peak memory of training
    (the median over fresh child processes of the peak RSS over two steps);
-3. inference in eval mode: the unfolded DO-Conv model and the folded one, each vs stock;
-4. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
+2. inference in eval mode, ``model.eval()`` before every batch: the unfolded DO-Conv model and
+   the folded one, each vs stock;
+3. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
 The models are this project's configs, so ``root`` is a checkout of it.
 """
 import multiprocessing as mp
@@ -24,11 +25,11 @@ import time
 import warnings
 
 import torch
-import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from ..core import DOConv2d, fold_model
+from ..layer_benchmark import alternate
 from .deploy import deploy_config
 from .fold_checkpoint import build_model
 
@@ -38,40 +39,6 @@ MODELS = {
     'DeepLabv3 R50-D8':
     ('mmseg', 'configs/deeplabv3/deeplabv3_r50-d8_doconv-all_4xb2-80k_cityscapes-512x1024.py'),
 }
-# (in, out, groups, feature size): 3x3 convs as they occur in ResNets, depthwise and grouped ones
-LAYERS = [(64, 64, 1, 64), (128, 128, 1, 32), (256, 256, 1, 16), (512, 512, 1, 8),
-          (256, 256, 256, 32), (256, 256, 32, 16)]
-
-
-def alternate(fns, repeats, warmup=1):
-    """Median seconds of each function, called in turn ``repeats`` times after ``warmup``."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-def bench_layers(repeats, quick):
-    rows = []
-    for c_in, c_out, groups, size in LAYERS[:2] if quick else LAYERS:
-        torch.manual_seed(0)
-        stock = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
-        do = DOConv2d(c_in, c_out, 3, padding=1, groups=groups)
-        x = torch.randn(2, c_in, size, size)
-
-        def step(m):
-            return lambda: m(x).sum().backward()
-
-        t_stock, t_do = alternate([step(stock), step(do)], repeats * 4)
-        rows.append(dict(shape=f'{c_in}->{c_out} g={groups} {size}x{size}', stock_ms=t_stock * 1e3,
-                         doconv_ms=t_do * 1e3, ratio=t_do / t_stock))
-    return rows
 
 
 def build(package, config, doconv):
@@ -123,6 +90,7 @@ def infer_fn(model, package, size):
     data = model.data_preprocessor(batch(package, size), False)
 
     def infer():
+        model.eval()  # before every batch, as many inference loops do
         with torch.no_grad():
             model(**data, mode='predict')
     return infer
@@ -226,12 +194,7 @@ def bench_fold_ckpt(root, quick):
 
 
 def markdown(result):
-    lines = [f"Machine: {result['machine']}", '',
-             '| layer (3x3, batch 2) | stock ms | DO-Conv ms | ratio |',
-             '| --- | --- | --- | --- |']
-    for r in result['layers']:
-        lines.append(f"| {r['shape']} | {r['stock_ms']:.2f} | {r['doconv_ms']:.2f} | "
-                     f"{r['ratio']:.2f} |")
+    lines = [f"Machine: {result['machine']}"]
     lines += ['', '| model (whole network DO-Conv), batch 2 | px | train step stock s | ratio | '
               'peak memory ratio | eval unfolded ratio | eval folded ratio |',
               '| --- | --- | --- | --- | --- | --- | --- |']
@@ -251,7 +214,6 @@ def run(root: str, sizes=(256, 512), repeats: int = 5, mem_repeats: int = 3, qui
     MMLogger.get_instance('benchmark', log_level='WARNING')
     result = dict(machine=f'{platform.processor() or platform.machine()}, '
                           f'{torch.get_num_threads()} threads, torch {torch.__version__}')
-    result['layers'] = bench_layers(repeats, quick)
     result['models'] = bench_models(root, sizes, repeats, quick, models, mem_repeats)
     result['fold_ckpt_s'] = bench_fold_ckpt(root, quick) if fold else None
     return result

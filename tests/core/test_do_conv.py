@@ -73,10 +73,16 @@ def test_gradients_match_two_stage_reference(channels):
         x = torch.randn(2, c_in, 9, 10, dtype=torch.float64, requires_grad=True)
         R = torch.randn_like(two_stage(x, conv))
         inputs = [x] + [p for p in conv.parameters()]
-        ours = torch.autograd.grad((conv(x) * R).sum(), inputs)
+        names = ['input'] + [n for n, _ in conv.named_parameters()]
         ref = torch.autograd.grad((two_stage(x, conv) * R).sum(), inputs)
-        for name, a, b in zip(['input'] + [n for n, _ in conv.named_parameters()], ours, ref):
-            assert rel_err(a, b) < TOL64, (kernel, name)
+        for keep in (False, True):  # the kernel composed again in backward, or kept
+            conv.keep_kernel = keep
+            ours = torch.autograd.grad((conv(x) * R).sum(), inputs)
+            for name, a, b in zip(names, ours, ref):
+                assert rel_err(a, b) < TOL64, (kernel, keep, name)
+        # an input without gradient (a network's first layer): the kernel is not composed again
+        ours = torch.autograd.grad((conv(x.detach()) * R).sum(), inputs[1:])
+        assert all(rel_err(a, b) < TOL64 for a, b in zip(ours, ref[1:])), kernel
 
 
 def loop_kernel(weight, D, W_extra):
@@ -151,6 +157,12 @@ def test_training_forward_keeps_no_composed_kernel():
     assert saved and all(t.data_ptr() in ours for t in saved), [tuple(t.shape) for t in saved]
     out.sum().backward()
     assert all(p.grad is not None for p in conv.parameters())
+    # keep_kernel=True keeps exactly one more tensor: the composed kernel
+    conv.keep_kernel, saved = True, []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        conv(x)
+    extra = [t for t in saved if t.data_ptr() not in ours]
+    assert len(extra) == 1 and torch.equal(extra[0], conv.kernel().detach())
 
 
 def test_frozen_parameters_use_the_cached_kernel():
@@ -396,6 +408,7 @@ def test_autocast_cpu_bfloat16():
     (dict(padding_mode='mirror'), "padding_mode='mirror' is not supported; allowed: 'zeros'"),
     (dict(padding='same', stride=2), "padding='same' needs stride 1, got stride=2"),
     (dict(padding='full'), "padding='full' is not supported"),
+    (dict(keep_kernel=1), 'keep_kernel must be True or False, got 1'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     args = dict(in_channels=4, out_channels=8, kernel_size=3)

@@ -1,12 +1,20 @@
 """Shortened runs of the demo path and of the benchmark script (no timing assertion)."""
+import importlib.util
 import json
 import os.path as osp
 import re
 import subprocess
 import sys
 
+import pytest
+import torch
+
+from doconv_mm import DOConv2d
+from doconv_mm.layer_benchmark import NaiveDOConv2d
 from doconv_mm.mm.toy_data import write_coco
+from layer_helpers import TOL64, rel_err, trained_like
 from mm_helpers import ROOT
+from reference import two_stage
 
 
 def test_demo_path_shortened(tmp_path):
@@ -34,8 +42,47 @@ def test_benchmark_smoke(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert len(result['layers']) == 2 and len(result['models']) == 2
+    assert len(result['models']) == 2
     for row in result['models']:
         assert row['train_ratio'] > 0 and row['infer_ratio'] > 0 and row['folded_ratio'] > 0
     assert result['fold_ckpt_s'] > 0
     assert '| model (whole network DO-Conv)' in proc.stdout
+
+
+def test_layer_benchmark_smoke(tmp_path):
+    """--layers: every variant measured, the naive baseline computes the same layer, and the
+    memory saved for backward is 0 for ours and a kernel for keep_kernel and the naive layer."""
+    out = tmp_path / 'layers.json'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--layers',
+                           '--quick', '--repeats', '1', '--json', str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    kernel_mb = 32 * 32 * 9 * 4 / 2**20  # the 32 -> 32 3x3 kernel, float32
+    for row, groups in zip(result['layers'], (1, 4)):
+        for what in ('train', 'fwd', 'eval'):
+            assert set(row[what]) == {'ours', 'ours keep_kernel', 'naive'}
+            assert all(ratio > 0 for ratio in row[what].values())
+        saved = row['saved_mb']
+        assert saved['stock'] == 0 and saved['ours'] == 0
+        assert saved['ours keep_kernel'] == pytest.approx(kernel_mb / groups)
+        assert saved['naive'] >= kernel_mb / groups
+    assert '| 32->32 g=4 16x16 | fwd+bwd |' in proc.stdout
+
+
+@pytest.mark.parametrize('groups, d_mul', [(1, 9), (2, 12), (4, 9)])
+def test_naive_baseline_computes_the_layer(groups, d_mul):
+    """The benchmark's naive layer against the float64 two-stage reference."""
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 8, 3, padding=1, groups=groups, D_mul=d_mul)).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    assert rel_err(NaiveDOConv2d(conv)(x), two_stage(x, conv)) < TOL64
+
+
+def test_model_names_match_the_benchmark():
+    from doconv_mm.mm.benchmark import MODELS
+    spec = importlib.util.spec_from_file_location('bench_tool',
+                                                  osp.join(ROOT, 'tools/benchmark.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.MODEL_NAMES == list(MODELS)
