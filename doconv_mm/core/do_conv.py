@@ -48,10 +48,12 @@ def _operands(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]):
 
 
 def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
-    """``K = (D + I) W`` per input channel: one batched matmul, copied into ``K``'s layout."""
+    """``K = (D + I) W`` per input channel: one batched matmul. ``K`` may come out strided; a
+    convolution reorders its weight into its own layout on every call anyway, so only a kernel
+    kept for reuse (the eval cache, :meth:`DOConv2d.fold`) is made contiguous."""
     W, D = _operands(weight, D, W_extra)
     DI = D + torch.eye(D.shape[2], D.shape[3], dtype=D.dtype, device=D.device)  # small
-    return torch.einsum('gims,gois->goim', DI, W).reshape(weight.shape).contiguous()
+    return torch.einsum('gims,gois->goim', DI, W).reshape(weight.shape)
 
 
 def _compose_grads(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
@@ -89,7 +91,8 @@ class _Compose(torch.autograd.Function):
 def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor] = None) -> Tensor:
     """Compose the DO-Conv kernel ``K`` from ``W = [weight | W_extra]`` and ``D`` (see module doc):
     ``K[o, i, m] = weight[o, i, m] + sum_s W[o, i, s] * D[c, m, s]``, in the parameters' dtype
-    (autocast does not apply), contiguous, differentiable (once).
+    (autocast does not apply), differentiable (once); possibly strided (``.contiguous()`` it to
+    keep it).
 
     Args:
         weight: (C_out, C_in/groups, M, N), the first MN columns of ``W``.
@@ -304,7 +307,8 @@ class DOConv2d(nn.Conv2d):
         D = None if self.D is None else self.D.double()
         W_extra = None if self.W_extra is None else self.W_extra.double()
         with torch.autocast(self.weight.device.type, enabled=False):
-            return do_conv_kernel(self.weight.double(), D, W_extra).to(self.weight.dtype)
+            K = do_conv_kernel(self.weight.double(), D, W_extra)
+        return K.to(self.weight.dtype, memory_format=torch.contiguous_format)
 
     def __setattr__(self, name: str, value) -> None:
         # mmcv's fuse_conv_bn replaces ``weight`` by a rescaled copy, which is exact only when

@@ -115,7 +115,7 @@ def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extr
         for t in leaves:
             t.requires_grad_(any(t is w for w in wanted))
         K = do_conv_kernel(weight, D, W_extra)
-        assert K.is_contiguous() and rel_err(K, loop_kernel(weight, D, W_extra)) < TOL64
+        assert rel_err(K, loop_kernel(weight, D, W_extra)) < TOL64
         ours = torch.autograd.grad(K, wanted, G)
         ref = torch.autograd.grad(loop_kernel(weight, D, W_extra), wanted, G)
         assert all(rel_err(a, b) < TOL64 for a, b in zip(ours, ref))
