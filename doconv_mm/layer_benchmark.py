@@ -8,9 +8,10 @@ same thing. Every figure is the median of alternating runs (stock, ours, naive i
 
 Memory is what a training forward leaves saved for its backward pass beyond the input and the
 parameters (which every variant keeps), counted by ``saved_tensors_hooks``: 0 for ``nn.Conv2d``.
-The arithmetic floor of the composition is its multiply-adds (``2 C_out C_in/groups MN D_mul``
-flops forward, twice that for the two gradients) at this machine's float32 matmul rate,
-measured on a 1024^3 matmul in the same run.
+The composition's floor is the larger of its arithmetic (``2 C_out C_in/groups MN D_mul`` flops
+forward, twice that for the two gradients, at this machine's float32 matmul rate, measured on a
+1024^3 matmul in the same run) and its memory traffic (forward: read ``W``, write ``K``, timed as
+a kernel-sized copy in the same alternation; the gradients: 1.5 such copies).
 """
 import copy
 import platform
@@ -147,11 +148,18 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
                 with torch.no_grad():
                     fn(w, D)
         return run
-    comp = alternate([compose(do_conv_kernel, False), compose(naive_kernel, False)], repeats)
+    out = torch.empty_like(w)
+    comp = alternate([compose(do_conv_kernel, False), compose(naive_kernel, False),
+                      lambda: out.copy_(w)], repeats)
     comp_bwd = alternate([compose(do_conv_kernel, True), compose(naive_kernel, True)], repeats)
     flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
-    row.update(compose_ms=[comp[0] * 1e3, comp[1] * 1e3, flops / gflops / 1e6],
-               compose_bwd_ms=[comp_bwd[0] * 1e3, comp_bwd[1] * 1e3, 3 * flops / gflops / 1e6],
+    # floors: the multiply-adds at the matmul rate, or the memory traffic (forward: read W, write
+    # K = one kernel-sized copy; the gradients: read dL/dK and W, write dW = 1.5 copies)
+    floor = max(flops / gflops / 1e9, comp[2])
+    floor_bwd = max(3 * flops / gflops / 1e9, 2.5 * comp[2])
+    row.update(compose_ms=[comp[0] * 1e3, comp[1] * 1e3, floor * 1e3],
+               compose_bwd_ms=[comp_bwd[0] * 1e3, comp_bwd[1] * 1e3, floor_bwd * 1e3],
+               floor_arith_ms=flops / gflops / 1e6, copy_ms=comp[2] * 1e3,
                saved_mb={name: saved_bytes(m, x) / 2**20 for name, m in zip(VARIANTS, layers)})
     return row
 
@@ -177,7 +185,7 @@ def markdown(result: dict) -> str:
                             ('eval', 'eval, eval() each call')):
             lines.append(f"| {r['shape']} | {label} | {r[f'stock_{what}_ms']:.2f} ms | "
                          + ' | '.join(f'{r[what][n]:.2f}' for n in names) + ' |')
-    lines += ['', '| layer | composition fwd ms: ours / naive / arithmetic floor | fwd+bwd ms: '
+    lines += ['', '| layer | composition fwd ms: ours / naive / floor | fwd+bwd ms: '
               'ours / naive / floor | saved for backward MB: ' + ' / '.join(VARIANTS) + ' |',
               '| --- | --- | --- | --- |']
     for r in result['layers']:

@@ -1,6 +1,7 @@
 """The package metadata holds ranges, not pins, and the environment `make setup` builds is the one
 those ranges accept: installing doconv_mm with every extra into it would change nothing else."""
 import json
+import os
 import os.path as osp
 import re
 import subprocess
@@ -52,3 +53,27 @@ def test_installing_every_extra_changes_nothing_but_doconv_mm():
 @in_setup_env
 def test_pip_check_is_clean():
     assert 'No broken requirements found' in pip('check')
+
+
+@in_setup_env
+def test_compiled_composition_is_built_and_shipped():
+    """make setup builds csrc/compose.cpp (the tests then run the compiled path), and the source
+    is package data, so non-editable installs can build it too."""
+    from doconv_mm.core import _ext
+    assert _ext.load() is not None, _ext.unavailable_reason()
+    cfg = ConfigParser()
+    cfg.read(osp.join(ROOT, 'setup.cfg'))
+    assert cfg['options.package_data']['doconv_mm'].strip() == 'core/csrc/*.cpp'
+    assert osp.isfile(osp.join(ROOT, 'doconv_mm', 'core', 'csrc', 'compose.cpp'))
+
+
+def test_without_the_compiled_composition_the_layer_still_works():
+    """DOCONV_MM_NO_EXT=1 (as where no compiler is found): PyTorch ops, the same results."""
+    code = ('import torch, doconv_mm.core._ext as e; from doconv_mm import DOConv2d; '
+            'assert e.load() is None and "DOCONV_MM_NO_EXT" in e.unavailable_reason(); '
+            'torch.manual_seed(0); c = DOConv2d(4, 4, 3, padding=1); x = torch.randn(1, 4, 5, 5); '
+            'c(x).sum().backward(); assert c.D.grad is not None; print("ok")')
+    env = dict(os.environ, DOCONV_MM_NO_EXT='1')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]

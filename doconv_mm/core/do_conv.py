@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
+from . import _ext
 from ._compat import autocast_dtype
 
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
@@ -47,10 +48,22 @@ def _operands(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]):
     return W.view(groups, c_out // groups, c_in_g, d_mul), D.view(groups, c_in_g, mn, d_mul)
 
 
+def _compiled(weight: Tensor, D: Tensor):
+    """The compiled CPU composition (``csrc/compose.cpp``) where it applies, else None."""
+    if weight.device.type != 'cpu' or weight.dtype not in (torch.float32, torch.float64) \
+            or D.shape[2] > 256:
+        return None
+    return _ext.load()
+
+
 def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
-    """``K = (D + I) W`` per input channel: one batched matmul. ``K`` may come out strided; a
-    convolution reorders its weight into its own layout on every call anyway, so only a kernel
-    kept for reuse (the eval cache, :meth:`DOConv2d.fold`) is made contiguous."""
+    """``K = (D + I) W`` per input channel: compiled on the CPU, else one batched matmul. ``K``
+    may come out strided; a convolution reorders its weight into its own layout on every call
+    anyway, so only a kernel kept for reuse (the eval cache, :meth:`DOConv2d.fold`) is made
+    contiguous."""
+    ext = _compiled(weight, D)
+    if ext is not None:
+        return ext.compose(weight, D, W_extra)
     W, D = _operands(weight, D, W_extra)
     DI = D + torch.eye(D.shape[2], D.shape[3], dtype=D.dtype, device=D.device)  # small
     return torch.einsum('gims,gois->goim', DI, W).reshape(weight.shape)
@@ -59,7 +72,10 @@ def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
 def _compose_grads(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
                    needs: Sequence[bool]) -> List[Optional[Tensor]]:
     """Gradients of ``weight``, ``D``, ``W_extra`` (where ``needs`` says) from ``G = dL/dK``:
-    ``dW = G (D + I)`` and ``dD = G^T W`` per input channel."""
+    ``dW = G (D + I)`` and ``dD = G^T W`` per input channel (compiled: in one sweep)."""
+    ext = _compiled(weight, D)
+    if ext is not None:
+        return ext.compose_grads(grad_K, weight, D, W_extra, *needs)
     W, Dg = _operands(weight, D, W_extra)
     G = grad_K.reshape(W.shape[:3] + (D.shape[1], ))
     g_weight = g_D = g_extra = None

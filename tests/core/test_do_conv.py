@@ -12,6 +12,8 @@ except ImportError:  # torch 1.13
     from torch.nn.utils.stateless import functional_call
 
 from doconv_mm import DOConv2d, do_conv_kernel, fold_model
+from doconv_mm.core import _ext
+from doconv_mm.core import do_conv as do_conv_module
 from layer_helpers import TOL32, TOL64, rel_err, trained_like
 from reference import two_stage
 
@@ -20,9 +22,19 @@ GROUPINGS = [(4, 6, 1), (4, 6, 2), (4, 4, 4), (4, 8, 4)]
 KERNELS = [(3, 3), (5, 5), (1, 3), (3, 5)]
 
 
+@pytest.fixture(params=['compiled', 'pytorch'])
+def composition(request, monkeypatch):
+    """Run a test with the compiled CPU composition and again with the PyTorch ops."""
+    if request.param == 'pytorch':
+        monkeypatch.setattr(do_conv_module, '_compiled', lambda *args: None)
+    elif _ext.load() is None:
+        pytest.skip(f'compiled composition unavailable: {_ext.unavailable_reason()}')
+    return request.param
+
+
 @pytest.mark.parametrize('channels', GROUPINGS, ids=lambda c: 'in{}-out{}-g{}'.format(*c))
 @pytest.mark.parametrize('kernel', KERNELS, ids=lambda k: '{}x{}'.format(*k))
-def test_matches_two_stage_reference(channels, kernel):
+def test_matches_two_stage_reference(channels, kernel, composition):
     c_in, c_out, groups = channels
     mn = kernel[0] * kernel[1]
     grid = itertools.product((1, 2), (1, 2), ('zeros', 'reflect', 'replicate', 'circular'),
@@ -60,7 +72,7 @@ def test_one_by_one_is_a_plain_conv():
 
 
 @pytest.mark.parametrize('channels', GROUPINGS, ids=lambda c: 'in{}-out{}-g{}'.format(*c))
-def test_gradients_match_two_stage_reference(channels):
+def test_gradients_match_two_stage_reference(channels, composition):
     """Training gradients (input, weight, D, W_extra, bias) against the reference's autograd."""
     c_in, c_out, groups = channels
     torch.manual_seed(0)
@@ -100,7 +112,7 @@ def loop_kernel(weight, D, W_extra):
 @pytest.mark.parametrize('channels', GROUPINGS + [(6, 6, 3)],
                          ids=lambda c: 'in{}-out{}-g{}'.format(*c))
 @pytest.mark.parametrize('d_extra', [0, 3])
-def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extra):
+def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extra, composition):
     """do_conv_kernel and its hand-written backward against the formula composed pair by pair
     (autograd through the loop gives the reference gradients), for every input needing a
     gradient and for each one alone."""
@@ -122,7 +134,7 @@ def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extr
 
 
 @pytest.mark.parametrize('frozen', ['weight', 'D', 'W_extra', 'bias'])
-def test_partly_frozen_layer_gradients_match_reference(frozen):
+def test_partly_frozen_layer_gradients_match_reference(frozen, composition):
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 6, 3, padding=1, groups=2, D_mul=11)).double()
     getattr(conv, frozen).requires_grad_(False)
