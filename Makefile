@@ -1,7 +1,7 @@
 # The project's commands. Each runs the one-time setup first (tools/setup_env.sh; a no-op when done).
 PY := .venv/bin/python
 
-.PHONY: setup test test-compat demo demo-seg bench lint
+.PHONY: setup test test-compat demo demo-seg study bench lint
 .DEFAULT_GOAL := test
 
 setup:
@@ -23,6 +23,11 @@ demo: setup
 
 demo-seg: setup
 	$(PY) tools/demo.py --task seg
+
+# Pretrain a plain backbone, fine-tune stock / DO-Conv head / DO-Conv all over 3 seeds, paired
+# comparison (det and seg, toy data; README "Does DO-Conv help?")
+study: setup
+	$(PY) tools/study.py
 
 bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json

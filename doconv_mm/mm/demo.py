@@ -9,8 +9,9 @@ It drives this checkout's command-line tools as a user would (``root`` is the ch
    folded release with *stock* mmdet/mmseg through the deploy config, in a process where importing
    doconv_mm fails;
 4. prints a table (metric of baseline, DO-Conv and folded DO-Conv, parameters, inference time of
-   folded vs baseline), and writes the folded model's predictions on val images and the training
-   loss curves as PNGs.
+   folded vs baseline) and what it does and does not show (one seed from scratch says nothing
+   about DO-Conv's accuracy: that is ``make study``), and writes the folded model's predictions on
+   val images and the training loss curves as PNGs.
 """
 import glob
 import json
@@ -207,6 +208,14 @@ def run_demo(root: str, task_name: str = 'det', workspace: Optional[str] = None,
           f'{params[1] / 1e6:.2f} M |')
     print(f'| inference per image, folded / baseline (median of {repeats}) | '
           f'{t_folded * 1e3:.0f} ms / {t_base * 1e3:.0f} ms = {t_folded / t_base:.2f}x |')
+    print(f'\nWhat this shows: the folded release computes exactly what the DO-Conv model '
+          f'computes ({name} {metrics["folded"]} = {metrics["doconv"]}), with stock '
+          f'{task["package"]} and no doconv_mm, at the stock model\'s size and speed.\n'
+          f'What it does not show: whether DO-Conv helps. Stock and DO-Conv are one seed each, '
+          f'trained from scratch on a few toy images for minutes; their {name} differ by seed '
+          f'noise as much as by anything else. The paper\'s protocol (a pretrained backbone, '
+          f'fine-tuned over seeds, compared pairwise) is `make study` (tools/study.py), and '
+          f'tools/compare.py runs it on real data.')
     print(f'\nwrote {osp.join(work, "predictions.png")} and {osp.join(work, "loss.png")} '
           f'({(time.perf_counter() - start) / 60:.1f} min)')
     if metrics['folded'] != metrics['doconv']:

@@ -29,6 +29,8 @@ def test_demo_path_shortened(tmp_path):
     do, folded = rows['coco/bbox_mAP, DO-Conv (whole network)'], \
         rows['coco/bbox_mAP, folded DO-Conv with stock mmdet']
     assert do == folded and float(do) >= 0
+    # the demo says what its two single-seed trainings cannot show
+    assert 'What it does not show: whether DO-Conv helps' in proc.stdout
     assert re.match(r'[\d.]+ M / [\d.]+ M', rows['parameters while training / after folding'])
     work = tmp_path / 'work_dirs' / 'demo-det'
     for png in ('predictions.png', 'loss.png'):

@@ -1,0 +1,9 @@
+# The study's segmentation baseline with DO-Conv in the heads only: the change of
+# configs/deeplabv3/deeplabv3_r50-d8_doconv-head_4xb2-80k_cityscapes-512x1024.py.
+_base_ = './deeplabv3_r18-d8_pretrained_toy-cityscapes.py'
+
+custom_imports = dict(imports=['doconv_mm'], allow_failed_imports=False)
+
+model = dict(
+    decode_head=dict(conv_cfg=dict(type='DOConv')),
+    auxiliary_head=dict(conv_cfg=dict(type='DOConv')))

@@ -1,0 +1,271 @@
+"""Does a config change help, or is it seed noise? Train N seeds of two or more configs, each seed
+shared by all configs (the same initialisation of shared weights, the same data order), and
+compare their final metric seed by seed (``tools/compare.py``).
+
+Each run lives in ``WORK_DIR/<config name>/seed<k>`` and goes through this checkout's
+tools/train.py (one process, or torchrun through tools/dist_train.sh; for tools/slurm_train.sh the
+commands are printed). A run is finished when its last checkpoint is the schedule's last and its
+logs hold a validation metric; finished runs are read, never rerun; an unfinished one with a
+checkpoint resumes from it (``--resume``), one without starts again. The report: per config
+mean ± std over seeds, the value of every run, and for every config against the first the paired
+differences, their mean, 95% confidence interval and the paired t-test p-value
+(:mod:`.paired_stats`); as Markdown, JSON and a PNG of the loss and metric curves (mean over
+seeds, with a band from the lowest to the highest seed).
+"""
+import glob
+import json
+import os.path as osp
+import statistics
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from mmengine.config import Config, DictAction
+
+from .paired_stats import paired
+
+DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')  # mmdet's and mmseg's headline metrics
+LAUNCHERS = ('none', 'pytorch', 'slurm')
+
+
+def config_name(config: str) -> str:
+    return osp.splitext(osp.basename(config))[0]
+
+
+def run_dir(work_dir: str, config: str, seed: int) -> str:
+    return osp.join(work_dir, config_name(config), f'seed{seed}')
+
+
+def seed_options(seed: int) -> List[str]:
+    """The seed of everything random in a run: initialisation and augmentation
+    (``randomness.seed``) and the data order (the sampler's own seed, set explicitly so that it
+    does not depend on what else drew random numbers before the data loader was built)."""
+    return [f'randomness.seed={seed}', f'train_dataloader.sampler.seed={seed}']
+
+
+def train_command(root: str, config: str, work_dir: str, seed: int, launcher: str = 'none',
+                  gpus: int = 1, cfg_options: Sequence[str] = (),
+                  resume: bool = False) -> List[str]:
+    """The command that trains one run with this checkout's tools."""
+    tools = osp.join(root, 'tools')
+    options = ['--cfg-options', *seed_options(seed), *cfg_options]
+    options += ['--resume'] if resume else []
+    if launcher == 'none':
+        return [sys.executable, osp.join(tools, 'train.py'), config, '--work-dir', work_dir,
+                *options]
+    if launcher == 'pytorch':
+        return ['bash', osp.join(tools, 'dist_train.sh'), config, str(gpus), '--work-dir',
+                work_dir, *options]
+    if launcher == 'slurm':
+        return ['bash', osp.join(tools, 'slurm_train.sh'), '${PARTITION}',
+                f'{config_name(config)}-seed{seed}', config, work_dir, *options]
+    raise ValueError(f'launcher={launcher!r} is not supported; allowed: {", ".join(LAUNCHERS)}')
+
+
+def final_checkpoint(config: str, cfg_options: Sequence[str] = ()) -> str:
+    """The file name of the schedule's last checkpoint: ``epoch_N.pth`` or ``iter_N.pth``."""
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({key: DictAction._parse_iterable(value)
+                         for key, value in (kv.split('=', 1) for kv in cfg_options)})
+    loop = cfg.train_cfg
+    if loop.get('type', 'EpochBasedTrainLoop') in ('EpochBasedTrainLoop', 'EpochBasedLoop') \
+            and 'max_epochs' in loop and loop.get('by_epoch', True):
+        return f'epoch_{loop.max_epochs}.pth'
+    return f'iter_{loop.max_iters}.pth'
+
+
+def read_logs(work_dir: str) -> Dict[str, Dict[int, dict]]:
+    """mmengine's scalar logs of a run, all its attempts merged (a later attempt's record for a
+    step replaces an earlier one): ``{'train': {iter: record}, 'val': {step: record}}``."""
+    logs = {'train': {}, 'val': {}}
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if 'loss' in record and 'iter' in record:
+                    logs['train'][record['iter']] = record
+                elif 'step' in record and 'loss' not in record:
+                    logs['val'][record['step']] = record
+    return logs
+
+
+def pick_metric(record: dict, metric: Optional[str]) -> str:
+    """``metric``, or the first of mmdet's and mmseg's headline metrics the record holds."""
+    names = [metric] if metric else list(DEFAULT_METRICS)
+    for name in names:
+        if name in record:
+            return name
+    raise KeyError(f'metric={metric!r} is not in the validation log; it holds: '
+                   f'{", ".join(k for k in record if k != "step")}')
+
+
+def run_state(work_dir: str, final: str) -> str:
+    """'finished', 'resumable' (has a checkpoint) or 'new'."""
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            last = osp.basename(f.read().strip())
+    except OSError:
+        return 'new'
+    if last == final and read_logs(work_dir)['val']:
+        return 'finished'
+    return 'resumable'
+
+
+def read_run(work_dir: str, metric: Optional[str]) -> dict:
+    """A finished run: its final metric and its curves."""
+    logs = read_logs(work_dir)
+    last_val = logs['val'][max(logs['val'])]
+    name = pick_metric(last_val, metric)
+    return dict(metric=name, value=last_val[name],
+                loss=sorted((i, r['loss']) for i, r in logs['train'].items()),
+                val=sorted((s, r[name]) for s, r in logs['val'].items() if name in r))
+
+
+class Comparison:
+    """The runs of ``configs`` x ``seeds`` under ``work_dir``, trained in ``cwd`` (where relative
+    data paths point; default: this process's); see the module doc."""
+
+    def __init__(self, root: str, configs: Sequence[str], seeds: Sequence[int], work_dir: str,
+                 cfg_options: Sequence[str] = (), metric: Optional[str] = None,
+                 launcher: str = 'none', gpus: int = 1, cwd: Optional[str] = None) -> None:
+        if len(configs) < 2 or len(set(map(config_name, configs))) != len(configs):
+            raise ValueError(f'configs: need two or more with distinct file names, got {configs}')
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f'seeds: need one or more distinct seeds, got {seeds}')
+        if launcher not in LAUNCHERS:
+            raise ValueError(f'launcher={launcher!r} is not supported; allowed: '
+                             f'{", ".join(LAUNCHERS)}')
+        self.root, self.configs, self.seeds = root, list(configs), list(seeds)
+        self.work_dir, self.cfg_options = work_dir, list(cfg_options)
+        self.metric, self.launcher, self.gpus, self.cwd = metric, launcher, gpus, cwd
+        self.final = {c: final_checkpoint(c, cfg_options) for c in configs}
+
+    def runs(self):
+        return [(c, s, run_dir(self.work_dir, c, s)) for s in self.seeds for c in self.configs]
+
+    def command(self, config: str, seed: int, resume: bool) -> List[str]:
+        return train_command(self.root, config, run_dir(self.work_dir, config, seed), seed,
+                             self.launcher, self.gpus, self.cfg_options, resume)
+
+    def pending_commands(self) -> List[List[str]]:
+        """The commands that would finish every run not finished yet."""
+        return [self.command(c, s, run_state(d, self.final[c]) == 'resumable')
+                for c, s, d in self.runs() if run_state(d, self.final[c]) != 'finished']
+
+    def train(self, progress=None) -> None:
+        """Train every run not finished yet, one after the other; each run's output goes to
+        ``compare_train.log`` in its folder. ``progress`` is called after every run."""
+        import os
+        for config, seed, work_dir in self.runs():
+            state = run_state(work_dir, self.final[config])
+            if state != 'finished':
+                os.makedirs(work_dir, exist_ok=True)
+                log = osp.join(work_dir, 'compare_train.log')
+                with open(log, 'a') as f:
+                    proc = subprocess.run(self.command(config, seed, state == 'resumable'),
+                                          cwd=self.cwd, stdout=f, stderr=subprocess.STDOUT)
+                if proc.returncode or run_state(work_dir, self.final[config]) != 'finished':
+                    raise RuntimeError(f'training {config_name(config)} seed {seed} failed '
+                                       f'(exit {proc.returncode}); see {log}')
+            if progress is not None:
+                progress()
+
+    def collect(self) -> dict:
+        """The report of finished runs (every run must be finished)."""
+        missing = [d for c, _, d in self.runs() if run_state(d, self.final[c]) != 'finished']
+        if missing:
+            raise RuntimeError(f'{len(missing)} runs are not finished: {", ".join(missing)}')
+        runs = {config_name(c): {s: read_run(run_dir(self.work_dir, c, s), self.metric)
+                                 for s in self.seeds} for c in self.configs}
+        names = list(runs)
+        metric = runs[names[0]][self.seeds[0]]['metric']
+        configs = {}
+        for name, by_seed in runs.items():
+            values = [by_seed[s]['value'] for s in self.seeds]
+            configs[name] = dict(values=values, mean=statistics.fmean(values),
+                                 std=statistics.stdev(values) if len(values) > 1 else None)
+        baseline = configs[names[0]]['values']
+        comparisons = {name: paired(configs[name]['values'], baseline) for name in names[1:]}
+        return dict(metric=metric, seeds=self.seeds, baseline=names[0], configs=configs,
+                    comparisons=comparisons, cfg_options=self.cfg_options,
+                    curves={n: {s: dict(loss=r['loss'], val=r['val']) for s, r in by_seed.items()}
+                            for n, by_seed in runs.items()})
+
+
+def _fmt(x: Optional[float], digits: int = 4) -> str:
+    return 'n/a' if x is None else f'{x:.{digits}f}'
+
+
+def markdown(report: dict) -> str:
+    """The report's tables."""
+    metric, seeds, base = report['metric'], report['seeds'], report['baseline']
+    lines = [f'{metric}, final validation, {len(seeds)} seeds ({", ".join(map(str, seeds))}); '
+             f'differences paired by seed against {base}.', '',
+             f'| config | {metric} mean ± std | difference (mean) | 95% CI of the difference | '
+             'p (paired t-test) |', '| --- | --- | --- | --- | --- |']
+    for name, c in report['configs'].items():
+        row = f"| {name} | {_fmt(c['mean'])} ± {_fmt(c['std'])} | "
+        if name == base:
+            row += 'baseline | | |'
+        else:
+            d = report['comparisons'][name]
+            row += (f"{d['mean']:+.4f} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] | "
+                    f"{_fmt(d['p'], 3)} |")
+        lines.append(row)
+    lines += ['', '| seed | ' + ' | '.join(report['configs']) + ' |',
+              '| --- |' + ' --- |' * len(report['configs'])]
+    for k, seed in enumerate(seeds):
+        lines.append(f'| {seed} | ' + ' | '.join(f"{c['values'][k]:.4f}"
+                                                 for c in report['configs'].values()) + ' |')
+    return '\n'.join(lines)
+
+
+def _band(curves: List[List[tuple]]):
+    """Mean, min and max over seeds at the steps every seed logged."""
+    steps = sorted(set.intersection(*(set(dict(c)) for c in curves)))
+    values = [[dict(c)[s] for c in curves] for s in steps]
+    return (steps, [statistics.fmean(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])
+
+
+def plot(report: dict, path: str) -> None:
+    """Training loss and validation metric per config: the mean over seeds, and a band from the
+    lowest to the highest seed."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for name, by_seed in report['curves'].items():
+        for ax, key in zip(axes, ('loss', 'val')):
+            curves = [c[key] for c in by_seed.values() if c[key]]
+            if not curves:
+                continue
+            steps, mean, low, high = _band(curves)
+            line, = ax.plot(steps, mean, label=name, marker='o' if key == 'val' else None,
+                            markersize=3)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    axes[0].set(xlabel='iteration', ylabel='training loss')
+    axes[1].set(xlabel='validation step (epoch or iteration)', ylabel=report['metric'])
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_prefix: str) -> List[str]:
+    """``out_prefix``.md, .json and .png, each written whole (temporary file, then renamed)."""
+    import os
+    paths = []
+    for ext, write in (('.md', lambda f: f.write(markdown(report) + '\n')),
+                       ('.json', lambda f: json.dump(report, f, indent=1))):
+        tmp = out_prefix + ext + '.tmp'
+        with open(tmp, 'w') as f:
+            write(f)
+        os.replace(tmp, out_prefix + ext)
+        paths.append(out_prefix + ext)
+    tmp = out_prefix + '.tmp.png'
+    plot(report, tmp)
+    os.replace(tmp, out_prefix + '.png')
+    return paths + [out_prefix + '.png']

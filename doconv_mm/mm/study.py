@@ -1,0 +1,101 @@
+"""The paper's protocol at a scale that runs on a CPU (``tools/study.py``, ``make study``).
+
+Per task (det: Faster R-CNN R18-FPN on toy COCO; seg: DeepLabv3 R18-D8 on toy Cityscapes):
+
+1. pretrain the stock network from scratch on a toy set drawn with another seed (the demo's
+   config and schedule): the stand-in for ImageNet pretraining;
+2. keep its backbone as a plain checkpoint (tensors only, the format of published backbones);
+3. fine-tune from that backbone on the main toy set: stock, DO-Conv in the head only, DO-Conv
+   across the whole network (``configs/study/``: identical schedules and hyper-parameters; the
+   DO-Conv layers load the plain weights as D = 0), several seeds each, through
+   :class:`.compare.Comparison`, which pairs the runs by seed and writes the report.
+
+Every step is skipped when its result exists, so an interrupted study continues where it stopped.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from .compare import Comparison, read_logs, seed_options, write_report
+
+TASKS = {
+    'det': dict(
+        format='coco', data='data/toy_coco', pretrain_data='data/toy_coco_pretrain',
+        pretrain='configs/demo/faster-rcnn_r18_fpn_toy-coco.py', prefix='backbone.',
+        configs=['configs/study/faster-rcnn_r18_fpn_pretrained_toy-coco.py',
+                 'configs/study/faster-rcnn_r18_fpn_doconv-head_pretrained_toy-coco.py',
+                 'configs/study/faster-rcnn_r18_fpn_doconv-all_pretrained_toy-coco.py']),
+    'seg': dict(
+        format='cityscapes', data='data/toy_cityscapes',
+        pretrain_data='data/toy_cityscapes_pretrain',
+        pretrain='configs/demo/deeplabv3_r18-d8_toy-cityscapes.py', prefix='backbone.',
+        configs=['configs/study/deeplabv3_r18-d8_pretrained_toy-cityscapes.py',
+                 'configs/study/deeplabv3_r18-d8_doconv-head_pretrained_toy-cityscapes.py',
+                 'configs/study/deeplabv3_r18-d8_doconv-all_pretrained_toy-cityscapes.py']),
+}
+PRETRAIN_SEED = 100  # the pretraining set's images and the pretraining run's seed
+
+
+def data_options(task: str, data_root: str) -> list:
+    """cfg-options that point a demo config at another copy of its toy dataset."""
+    root = data_root.rstrip('/') + '/'
+    options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'val', 'test')]
+    if task == 'det':
+        ann = root + 'annotations/instances_val2017.json'
+        options += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+    return options
+
+
+def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
+    """Write ``src``'s backbone weights (``prefix`` stripped) to ``dst`` as ``{'state_dict':
+    ...}`` of tensors only, loadable with ``weights_only=True``; returns the tensor count."""
+    ckpt = torch.load(src, map_location='cpu', weights_only=False)  # this study's own file
+    state = {k[len(prefix):]: v for k, v in ckpt['state_dict'].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f'{src} holds no weights under {prefix!r}')
+    tmp = dst + '.tmp'
+    torch.save({'state_dict': state}, tmp)
+    os.replace(tmp, dst)
+    return len(state)
+
+
+def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
+             cfg_options: Sequence[str] = (), log: Callable[[str], None] = print,
+             progress: Optional[Callable[[], None]] = None) -> Dict:
+    """One task's steps 1-3 (see the module doc); returns the comparison's report."""
+    spec = TASKS[task]
+    study = osp.join(workspace, 'work_dirs', 'study', task)
+    py, tools = sys.executable, osp.join(root, 'tools')
+    for data, seed in ((spec['data'], 0), (spec['pretrain_data'], PRETRAIN_SEED)):
+        subprocess.run([py, osp.join(tools, 'make_toy_data.py'), spec['format'],
+                        osp.join(workspace, data), '--seed', str(seed)], cwd=workspace,
+                       check=True, stdout=subprocess.DEVNULL)
+    backbone = osp.join(study, 'pretrained_backbone.pth')
+    if not osp.isfile(backbone):
+        pretrain_dir = osp.join(study, 'pretrain')
+        log(f'{task}: pretraining the stock network on {spec["pretrain_data"]} '
+            f'({spec["pretrain"]})')
+        cmd = [py, osp.join(tools, 'train.py'), osp.join(root, spec['pretrain']), '--work-dir',
+               pretrain_dir, '--cfg-options', *seed_options(PRETRAIN_SEED),
+               *data_options(task, spec['pretrain_data'])]
+        if osp.isfile(osp.join(pretrain_dir, 'last_checkpoint')):
+            cmd.append('--resume')
+        os.makedirs(pretrain_dir, exist_ok=True)
+        with open(osp.join(pretrain_dir, 'study_train.log'), 'a') as f:
+            subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
+        with open(osp.join(pretrain_dir, 'last_checkpoint')) as f:
+            last = f.read().strip()
+        n = backbone_checkpoint(last, backbone, spec['prefix'])
+        val = read_logs(pretrain_dir)['val']
+        log(f'{task}: pretrained ({val[max(val)]}); {n} backbone tensors -> {backbone}')
+    comparison = Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
+                            cfg_options, cwd=workspace)
+    log(f'{task}: fine-tuning {len(spec["configs"])} configs x {len(seeds)} seeds')
+    comparison.train(progress)
+    report = comparison.collect()
+    report['paths'] = write_report(report, osp.join(study, 'compare'))
+    return report

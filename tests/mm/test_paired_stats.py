@@ -1,0 +1,63 @@
+"""The paired statistics of tools/compare.py against closed forms and a worked example."""
+import math
+
+import pytest
+
+from doconv_mm.mm.paired_stats import betainc, paired, t_quantile, t_two_sided_p
+
+
+def closed_form_p(t, df):
+    """Two-sided tail of Student's t where it has an elementary form (df = 1, 2, 3)."""
+    t = abs(t)
+    if df == 1:
+        return 1 - 2 / math.pi * math.atan(t)
+    if df == 2:
+        return 1 - t / math.sqrt(2 + t * t)
+    u = t / math.sqrt(3)
+    return 1 - 2 / math.pi * (u / (1 + u * u) + math.atan(u))
+
+
+@pytest.mark.parametrize('df', [1, 2, 3])
+@pytest.mark.parametrize('t', [0.0, 0.3, 1.0, 2.5, 12.0])
+def test_t_tail_matches_the_closed_forms(t, df):
+    assert t_two_sided_p(t, df) == pytest.approx(closed_form_p(t, df), rel=1e-12, abs=1e-15)
+
+
+def test_worked_example():
+    """Differences 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), t = 2.5 / (sd / 2) = 3.8730 on 3 degrees of
+    freedom; t(0.975, 3) = 3.18245 (tables); p from the df = 3 closed form."""
+    r = paired([1.0, 2.5, 3.2, 5.0], [0.0, 0.5, 0.2, 1.0])
+    sd = math.sqrt(5 / 3)
+    assert r['diffs'] == pytest.approx([1, 2, 3, 4]) and r['mean'] == pytest.approx(2.5)
+    assert r['std'] == pytest.approx(sd, rel=1e-12)
+    assert r['t'] == pytest.approx(2.5 / (sd / 2), rel=1e-12)
+    assert t_quantile(0.975, 3) == pytest.approx(3.182446305, rel=1e-9)
+    half = 3.182446305284 * sd / 2
+    assert (r['ci_low'], r['ci_high']) == pytest.approx((2.5 - half, 2.5 + half), rel=1e-10)
+    assert r['p'] == pytest.approx(closed_form_p(r['t'], 3), rel=1e-12)
+    assert r['p'] == pytest.approx(0.030466, abs=1e-6)
+
+
+def test_against_scipy_where_installed():
+    stats = pytest.importorskip('scipy.stats')
+    for df in (1, 2, 4, 9, 29, 200):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-10)
+        for t in (0.1, 1.7, 4.0):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-10)
+    for a, b, x in ((0.5, 0.5, 0.3), (2.0, 7.5, 0.9), (15.0, 0.5, 0.99)):
+        assert betainc(a, b, x) == pytest.approx(stats.beta.cdf(x, a, b), rel=1e-12)
+    values, base = [0.31, 0.35, 0.29, 0.40, 0.33], [0.30, 0.31, 0.30, 0.36, 0.30]
+    ref = stats.ttest_rel(values, base)
+    r = paired(values, base)
+    assert (r['t'], r['p']) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-10)
+
+
+def test_degenerate_cases():
+    one = paired([0.4], [0.3])
+    assert one['mean'] == pytest.approx(0.1) and one['p'] is None and one['ci_low'] is None
+    same = paired([0.4, 0.5], [0.4, 0.5])
+    assert same['p'] == 1.0 and same['ci_low'] == same['ci_high'] == 0.0
+    shifted = paired([0.5, 0.6], [0.4, 0.5])  # the same difference for every seed
+    assert shifted['p'] == 0.0 and shifted['ci_low'] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match='equally many'):
+        paired([0.1, 0.2], [0.1])

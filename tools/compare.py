@@ -1,0 +1,81 @@
+"""Compare configs over seeds: paired differences of the final metric, their 95% confidence
+interval and the paired t-test p-value, with curves (doconv_mm.mm.compare does the work).
+
+    python tools/compare.py BASELINE_CONFIG CONFIG [CONFIG ...] --seeds 0 1 2 --work-dir DIR
+                            [--cfg-options k=v ...] [--metric NAME] [--out PREFIX]
+                            [--launcher none|pytorch|slurm] [--gpus N]
+                            [--print-commands | --collect]
+
+Every config runs with every seed (the same seed, so the same data order, for all configs); runs
+land in DIR/<config name>/seed<k>; finished runs are read, not rerun, and a killed run resumes
+from its last checkpoint when started again. --print-commands prints the training commands of the
+unfinished runs (e.g. --launcher slurm for a cluster) and exits; --collect only reads finished
+runs. The report goes to PREFIX.md, .json and .png (default DIR/compare) and is printed.
+"""
+import argparse
+import os.path as osp
+import shlex
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from doconv_mm.mm.compare import LAUNCHERS, Comparison, markdown, write_report  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('configs', nargs='+', help='the baseline config first, then the others')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--work-dir', required=True)
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override settings in every config (as tools/train.py does)')
+    parser.add_argument('--metric', help='validation metric to compare (default: coco/bbox_mAP '
+                        'or mIoU, whichever the logs hold)')
+    parser.add_argument('--out', help='report path prefix (default: WORK_DIR/compare)')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none')
+    parser.add_argument('--gpus', type=int, default=1, help='processes per run (--launcher '
+                        'pytorch; on CPU, gloo processes)')
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--print-commands', action='store_true',
+                      help='print the commands of the unfinished runs and exit')
+    mode.add_argument('--collect', action='store_true', help='only read finished runs')
+    args = parser.parse_args(argv)
+    if len(args.configs) < 2:
+        parser.error(f'need a baseline config and at least one other, got {args.configs}')
+    if args.launcher == 'slurm' and not args.print_commands:
+        parser.error('--launcher slurm: submit the runs yourself: --print-commands gives the '
+                     'commands, --collect reads the finished runs')
+    bad = [kv for kv in args.cfg_options if '=' not in kv]
+    if bad:
+        parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
+    missing = [c for c in args.configs if not osp.isfile(c)]
+    if missing:
+        parser.error(f'config not found: {", ".join(missing)}')
+    try:
+        comparison = Comparison(ROOT, [osp.abspath(c) for c in args.configs], args.seeds,
+                                osp.abspath(args.work_dir), args.cfg_options, args.metric,
+                                args.launcher, args.gpus)
+        if args.print_commands:
+            for cmd in comparison.pending_commands():
+                print(' '.join(shlex.quote(c) if c != '${PARTITION}' else c for c in cmd))
+            return None
+        if not args.collect:
+            from mmengine.utils import ProgressBar
+            runs = comparison.runs()
+            print(f'{len(runs)} runs ({len(args.configs)} configs x {len(args.seeds)} seeds) '
+                  f'under {args.work_dir}; each run logs to its compare_train.log')
+            bar = ProgressBar(len(runs))
+            comparison.train(bar.update)
+            print()
+        report = comparison.collect()
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise SystemExit(f'compare.py: error: {err}')
+    paths = write_report(report, args.out or osp.join(args.work_dir, 'compare'))
+    print(markdown(report))
+    print('\nwrote ' + ', '.join(paths))
+    return report
+
+
+if __name__ == '__main__':
+    main()

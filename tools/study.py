@@ -1,0 +1,56 @@
+"""The paper's protocol at toy scale: pretrain a plain backbone, fine-tune stock vs DO-Conv head
+vs DO-Conv all from it over seeds, compare paired by seed (doconv_mm.mm.study does the work).
+
+    python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
+                          [--cfg-options k=v ...]
+
+Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
+it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
+train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from doconv_mm.mm.compare import markdown  # noqa: E402
+from doconv_mm.mm.study import TASKS, run_task  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--workspace', default=ROOT,
+                        help='where data/ and work_dirs/ go (default: the checkout)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override settings of every fine-tuning run')
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < 2:
+        parser.error(f'--seeds: need two or more distinct seeds for a paired test, '
+                     f'got {args.seeds}')
+    bad = [kv for kv in args.cfg_options if '=' not in kv]
+    if bad:
+        parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
+    from mmengine.utils import ProgressBar
+    start, reports = time.perf_counter(), {}
+    for task in args.tasks:
+        bar = ProgressBar(len(TASKS[task]['configs']) * len(args.seeds))
+        try:
+            reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
+                                     args.cfg_options, log=lambda msg: print('\n' + msg),
+                                     progress=bar.update)
+        except (ValueError, RuntimeError) as err:
+            raise SystemExit(f'study.py: error: {err}')
+        print()
+    for task, report in reports.items():
+        print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
+    print(f'\n({(time.perf_counter() - start) / 60:.1f} min)')
+    return reports
+
+
+if __name__ == '__main__':
+    main()
