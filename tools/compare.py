@@ -43,7 +43,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.configs) < 2:
         parser.error(f'need a baseline config and at least one other, got {args.configs}')
-    if args.launcher == 'slurm' and not args.print_commands:
+    if args.launcher == 'slurm' and not (args.print_commands or args.collect):
         parser.error('--launcher slurm: submit the runs yourself: --print-commands gives the '
                      'commands, --collect reads the finished runs')
     bad = [kv for kv in args.cfg_options if '=' not in kv]

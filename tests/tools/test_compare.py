@@ -100,7 +100,7 @@ def test_compare_argument_errors(workspace, tmp_path):
     one = subprocess.run([sys.executable, osp.join(ROOT, 'tools/compare.py'), CONFIGS[0],
                           '--work-dir', str(tmp_path)], capture_output=True, text=True)
     assert one.returncode == 2 and 'need a baseline config and at least one other' in one.stderr
-    slurm = compare(workspace, '--launcher', 'slurm')
+    slurm = compare(workspace, '--launcher', 'slurm')  # neither --print-commands nor --collect
     assert slurm.returncode == 2 and '--print-commands gives the commands' in slurm.stderr
     unfinished = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools/compare.py'), *CONFIGS, '--seeds', '5',
