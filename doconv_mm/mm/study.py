@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from .compare import Comparison, read_logs, seed_options, write_report
+from .compare import Comparison, pick_metric, read_logs, seed_options, write_report
 
 TASKS = {
     'det': dict(
@@ -91,7 +91,9 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
             last = f.read().strip()
         n = backbone_checkpoint(last, backbone, spec['prefix'])
         val = read_logs(pretrain_dir)['val']
-        log(f'{task}: pretrained ({val[max(val)]}); {n} backbone tensors -> {backbone}')
+        metric = pick_metric(val[max(val)], None)
+        log(f'{task}: pretrained ({metric} {val[max(val)][metric]}); {n} backbone tensors -> '
+            f'{backbone}')
     comparison = Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
                             cfg_options, cwd=workspace)
     log(f'{task}: fine-tuning {len(spec["configs"])} configs x {len(seeds)} seeds')
