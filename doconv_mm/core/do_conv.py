@@ -51,7 +51,7 @@ def _operands(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]):
 def _compiled(weight: Tensor, D: Tensor):
     """The compiled CPU composition (``csrc/compose.cpp``) where it applies, else None."""
     if weight.device.type != 'cpu' or weight.dtype not in (torch.float32, torch.float64) \
-            or D.shape[2] > 256:
+            or D.dtype != weight.dtype or D.shape[2] > 256:
         return None
     return _ext.load()
 

@@ -211,11 +211,11 @@ def run_demo(root: str, task_name: str = 'det', workspace: Optional[str] = None,
     print(f'\nWhat this shows: the folded release computes exactly what the DO-Conv model '
           f'computes ({name} {metrics["folded"]} = {metrics["doconv"]}), with stock '
           f'{task["package"]} and no doconv_mm, at the stock model\'s size and speed.\n'
-          f'What it does not show: whether DO-Conv helps. Stock and DO-Conv are one seed each, '
-          f'trained from scratch on a few toy images for minutes; their {name} differ by seed '
-          f'noise as much as by anything else. The paper\'s protocol (a pretrained backbone, '
-          f'fine-tuned over seeds, compared pairwise) is `make study` (tools/study.py), and '
-          f'tools/compare.py runs it on real data.')
+          f'What it does not show: whether DO-Conv helps. Stock and DO-Conv are trained once '
+          f'each (one seed), from scratch, on a few toy images for minutes: one pair of runs '
+          f'cannot tell a config\'s effect on {name} from the spread between seeds. The '
+          f'paper\'s protocol (a pretrained backbone, fine-tuned over seeds, compared pairwise) '
+          f'is `make study` (tools/study.py); tools/compare.py runs it on real data.')
     print(f'\nwrote {osp.join(work, "predictions.png")} and {osp.join(work, "loss.png")} '
           f'({(time.perf_counter() - start) / 60:.1f} min)')
     if metrics['folded'] != metrics['doconv']:
