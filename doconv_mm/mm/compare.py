@@ -14,6 +14,7 @@ seeds, with a band from the lowest to the highest seed).
 """
 import glob
 import json
+import os
 import os.path as osp
 import statistics
 import subprocess
@@ -155,7 +156,6 @@ class Comparison:
     def train(self, progress=None) -> None:
         """Train every run not finished yet, one after the other; each run's output goes to
         ``compare_train.log`` in its folder. ``progress`` is called after every run."""
-        import os
         for config, seed, work_dir in self.runs():
             state = run_state(work_dir, self.final[config])
             if state != 'finished':
@@ -256,7 +256,6 @@ def plot(report: dict, path: str) -> None:
 
 def write_report(report: dict, out_prefix: str) -> List[str]:
     """``out_prefix``.md, .json and .png, each written whole (temporary file, then renamed)."""
-    import os
     paths = []
     for ext, write in (('.md', lambda f: f.write(markdown(report) + '\n')),
                        ('.json', lambda f: json.dump(report, f, indent=1))):
