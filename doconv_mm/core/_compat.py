@@ -19,9 +19,3 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     if device_type == 'cuda':
         return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
     return None
-
-
-def is_tracing() -> bool:
-    """Whether ``torch.jit`` is tracing (TorchScript and ONNX export, FLOP counters), which records
-    only PyTorch operators: an extension call or a custom autograd Function is opaque to it."""
-    return torch.jit.is_tracing()

@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from . import _ext
-from ._compat import autocast_dtype, is_tracing
+from ._compat import autocast_dtype
 
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
 
@@ -52,7 +52,7 @@ def _compiled(weight: Tensor, D: Tensor):
     """The compiled CPU composition (``csrc/compose.cpp``) where it applies, else None: not under
     ``torch.jit`` tracing (export, FLOP counters), which must see PyTorch operators."""
     if weight.device.type != 'cpu' or weight.dtype not in (torch.float32, torch.float64) \
-            or D.dtype != weight.dtype or D.shape[2] > 256 or is_tracing():
+            or D.dtype != weight.dtype or D.shape[2] > 256 or torch.jit.is_tracing():
         return None
     return _ext.load()
 
@@ -119,7 +119,7 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
     if D is None:
         return weight
     with torch.autocast(weight.device.type, enabled=False):
-        if is_tracing():  # operators a tracer can record (and count), autograd through them
+        if torch.jit.is_tracing():  # operators a tracer records (and counts); autograd on them
             return _compose(weight, D, W_extra)
         return _Compose.apply(weight, D, W_extra)
 

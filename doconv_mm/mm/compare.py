@@ -150,8 +150,9 @@ class Comparison:
 
     def pending_commands(self) -> List[List[str]]:
         """The commands that would finish every run not finished yet."""
-        return [self.command(c, s, run_state(d, self.final[c]) == 'resumable')
-                for c, s, d in self.runs() if run_state(d, self.final[c]) != 'finished']
+        states = [(c, s, run_state(d, self.final[c])) for c, s, d in self.runs()]
+        return [self.command(c, s, state == 'resumable') for c, s, state in states
+                if state != 'finished']
 
     def train(self, progress=None) -> None:
         """Train every run not finished yet, one after the other; each run's output goes to
