@@ -21,6 +21,7 @@ D_mul > MN). Hence ``K = weight + sum_s D[c, :, s] * W[o, i, s]``:
   channel rescaling of ``weight`` (mmcv's ``fuse_conv_bn``, ``ConvModule``'s efficient conv-bn
   eval) rescales ``K`` the same way and stays exact.
 """
+import threading
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,7 +32,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from . import _ext
-from ._compat import autocast_dtype
+from ._compat import autocast_dtype, is_compiling
 
 _PADDING_MODES = ('zeros', 'reflect', 'replicate', 'circular')
 
@@ -57,26 +58,51 @@ def _compiled(weight: Tensor, D: Tensor):
     return _ext.load()
 
 
-def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]) -> Tensor:
+def _compose(weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
+             transient: bool = False) -> Tensor:
     """``K = (D + I) W`` per input channel: compiled on the CPU, else one batched matmul. ``K``
     may come out strided; a convolution reorders its weight into its own layout on every call
     anyway, so only a kernel kept for reuse (the eval cache, :meth:`DOConv2d.fold`) is made
-    contiguous."""
+    contiguous. ``transient``: the caller drops ``K`` before the next composition on this thread,
+    so the compiled path may write it into this thread's kernel buffer (:func:`_kernel_buffer`)."""
     ext = _compiled(weight, D)
     if ext is not None:
-        return ext.compose(weight, D, W_extra)
+        return ext.compose(weight, D, W_extra, _kernel_buffer(weight) if transient else None)
     W, D = _operands(weight, D, W_extra)
     DI = D + torch.eye(D.shape[2], D.shape[3], dtype=D.dtype, device=D.device)  # small
     return torch.einsum('gims,gois->goim', DI, W).reshape(weight.shape)
 
 
+_workspace = threading.local()
+
+
+def _kernel_buffer(weight: Tensor) -> Optional[Tensor]:
+    """A buffer of ``weight``'s shape, dtype and device in memory this thread reuses for every
+    transient composition (training forward and backward), or None under torch.compile.
+
+    A fresh kernel-sized tensor per composition costs page faults wherever the allocator has
+    returned the memory to the system in between (glibc does for blocks of 32 MB and more, and
+    trims its heaps): up to 2x the composition's own time (``tools/benchmark.py --layers``). The
+    buffer grows to the largest kernel composed on the thread and is kept.
+    """
+    if is_compiling():
+        return None
+    buffers = _workspace.__dict__.setdefault('buffers', {})
+    key = (weight.device, weight.dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < weight.numel():
+        buf = buffers[key] = torch.empty(weight.numel(), dtype=weight.dtype, device=weight.device)
+    return buf[:weight.numel()].view(weight.shape)
+
+
 def _compose_grads(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
-                   needs: Sequence[bool]) -> List[Optional[Tensor]]:
+                   needs: Sequence[bool], reuse_grad: bool = False) -> List[Optional[Tensor]]:
     """Gradients of ``weight``, ``D``, ``W_extra`` (where ``needs`` says) from ``G = dL/dK``:
-    ``dW = G (D + I)`` and ``dD = G^T W`` per input channel (compiled: in one sweep)."""
+    ``dW = G (D + I)`` and ``dD = G^T W`` per input channel (compiled: in one sweep, which may
+    write ``dW`` over ``grad_K`` where ``reuse_grad`` says the caller owns it)."""
     ext = _compiled(weight, D)
     if ext is not None:
-        return ext.compose_grads(grad_K, weight, D, W_extra, *needs)
+        return ext.compose_grads(grad_K, weight, D, W_extra, *needs, reuse_grad)
     W, Dg = _operands(weight, D, W_extra)
     G = grad_K.reshape(W.shape[:3] + (D.shape[1], ))
     g_weight = g_D = g_extra = None
@@ -139,7 +165,7 @@ class _DOConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups, keep_kernel):
         with torch.autocast(x.device.type, enabled=False):
-            K = _compose(weight, D, W_extra)
+            K = _compose(weight, D, W_extra, transient=not keep_kernel)
         dtype = autocast_dtype(x.device.type)
         if dtype is not None and x.dtype != torch.float64:
             x, K = x.to(dtype), K.to(dtype)
@@ -158,14 +184,15 @@ class _DOConvFunction(torch.autograd.Function):
         need_params = ctx.needs_input_grad[1:4]
         if K is None and need_x:
             with torch.autocast(x.device.type, enabled=False):
-                K = _compose(weight, D, W_extra).to(x.dtype)
+                K = _compose(weight, D, W_extra, transient=True).to(x.dtype)
         elif K is None:  # only the kernel's gradient, which does not read the kernel's values
             K = weight.to(x.dtype)
         grad_x, grad_K, grad_b = torch.ops.aten.convolution_backward(
             grad_out, x, K, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
             [need_x, any(need_params), need_b and bias_sizes is not None])
         del K
-        grads = _compose_grads(grad_K.to(weight.dtype), weight, D, W_extra, need_params) \
+        grads = _compose_grads(grad_K.to(weight.dtype), weight, D, W_extra, need_params,
+                               reuse_grad=True) \
             if any(need_params) else [None] * 3
         return (grad_x, *grads, grad_b, None, None, None, None, None)
 

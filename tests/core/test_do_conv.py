@@ -1,4 +1,6 @@
+import copy
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -131,6 +133,76 @@ def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extr
         ours = torch.autograd.grad(K, wanted, G)
         ref = torch.autograd.grad(loop_kernel(weight, D, W_extra), wanted, G)
         assert all(rel_err(a, b) < TOL64 for a, b in zip(ours, ref))
+
+
+# float32 sums of at most 16 products: within 16 * 2**-24 ~ 1e-6 of the largest value
+TOL_SUM32 = 1e-6
+
+
+@pytest.mark.parametrize('shape', [(40, 19, 1, (3, 3), 9), (24, 19, 1, (3, 3), 16),
+                                   (18, 12, 3, (3, 3), 12), (8, 8, 8, (3, 3), 9),
+                                   (20, 6, 2, (1, 3), 5), (9, 4, 1, (2, 2), 16),
+                                   (6, 4, 2, (5, 5), 25)],
+                         ids=lambda s: 'out{}-in{}-g{}-{}x{}-dmul{}'.format(*s[:3], *s[3], s[4]))
+def test_compiled_float32_composition_matches_the_formula(shape):
+    """The compiled float32 kernels (vectorized where MN, D_mul <= 16: constant 3x3 / D_mul 9
+    path, extra columns, other kernel sizes, channels not a multiple of the tile, more output rows
+    than the prefetch distance; else the portable loops) against the float64 formula, and dL/dW
+    written over dL/dK where the caller gives it up."""
+    ext = _ext.load()
+    if ext is None:
+        pytest.skip(f'compiled composition unavailable: {_ext.unavailable_reason()}')
+    c_out, c_in, groups, (kh, kw), d_mul = shape
+    mn = kh * kw
+    torch.manual_seed(0)
+    weight = torch.randn(c_out, c_in // groups, kh, kw, dtype=torch.float64)
+    D = 0.3 * torch.randn(c_in, mn, d_mul, dtype=torch.float64)
+    W_extra = torch.randn(c_out, c_in // groups, d_mul - mn, dtype=torch.float64) \
+        if d_mul > mn else None
+    leaves = [t.requires_grad_() for t in (weight, D, W_extra) if t is not None]
+    G = torch.randn_like(weight)
+    ref_K = loop_kernel(weight, D, W_extra)
+    ref = torch.autograd.grad(ref_K, leaves, G)
+    f32 = [None if t is None else t.detach().float() for t in (weight, D, W_extra)]
+    K = ext.compose(*f32)
+    assert K.dtype == torch.float32 and rel_err(K, ref_K) < TOL_SUM32
+    for reuse in (False, True):
+        G32 = G.float()
+        grads = [g for g in ext.compose_grads(G32, *f32, True, True, True, reuse) if g is not None]
+        assert all(rel_err(a, b) < TOL_SUM32 for a, b in zip(grads, ref)), reuse
+        vectorized = ext.avx512 and mn <= 16 and d_mul <= 16
+        assert (grads[0].data_ptr() == G32.data_ptr()) == (reuse and vectorized)
+
+
+def test_training_compositions_share_one_buffer_per_thread(composition, monkeypatch):
+    """Training forward and backward compose into one buffer per thread (the largest kernel so
+    far); a kept kernel (keep_kernel) and kernels handed to the caller are never that buffer."""
+    monkeypatch.setattr(do_conv_module, '_workspace', threading.local())
+    torch.manual_seed(0)
+    net = nn.Sequential(trained_like(DOConv2d(4, 8, 3, padding=1, keep_kernel=True)),
+                        trained_like(DOConv2d(8, 8, 3, padding=1, D_mul=12)),
+                        trained_like(DOConv2d(8, 16, 3, padding=1)))
+    net64 = copy.deepcopy(net).double()
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    ours = torch.autograd.grad(net(x).square().sum(), [x, *net.parameters()])
+    x64 = x.detach().double().requires_grad_()
+    out64 = x64
+    for conv in net64:
+        out64 = two_stage(out64, conv)
+    ref = torch.autograd.grad(out64.square().sum(), [x64, *net64.parameters()])
+    assert all(rel_err(a, b) < TOL32 for a, b in zip(ours, ref))
+    kernel = net[2].kernel()
+    buffers = getattr(do_conv_module._workspace, 'buffers', {})
+    if composition == 'pytorch':
+        assert not buffers
+        return
+    buf = buffers[(torch.device('cpu'), torch.float32)]
+    assert buf.numel() == 16 * 8 * 9 and kernel.data_ptr() != buf.data_ptr()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(do_conv_module._kernel_buffer(kernel)))
+    thread.start()
+    thread.join()
+    assert other[0].data_ptr() != buf.data_ptr()
 
 
 @pytest.mark.parametrize('frozen', ['weight', 'D', 'W_extra', 'bias'])
