@@ -8,10 +8,12 @@ same thing. Every figure is the median of alternating runs (stock, ours, naive i
 
 Memory is what a training forward leaves saved for its backward pass beyond the input and the
 parameters (which every variant keeps), counted by ``saved_tensors_hooks``: 0 for ``nn.Conv2d``.
-The composition's floor is the larger of its arithmetic (``2 C_out C_in/groups MN D_mul`` flops
-forward, twice that for the two gradients, at this machine's float32 matmul rate, measured on a
-1024^3 matmul in the same run) and its memory traffic (forward: read ``W``, write ``K``, timed as
-a kernel-sized copy in the same alternation; the gradients: 1.5 such copies).
+The composition is timed alone as the layer runs it: forward, and what one training step of ours
+composes (``K`` in forward, ``K`` again in backward, then the gradients written over ``dL/dK``),
+beside the naive layer's (one einsum forward, autograd backward). Its floor is the larger of the
+arithmetic (``2 C_out C_in/groups MN D_mul`` flops per composition or gradient, at this machine's
+float32 matmul rate, measured on a 1024^3 matmul in the same run) and the memory traffic (in
+kernel-sized copies timed in the same alternation: 1 for a composition, 1.5 for the gradients).
 """
 import copy
 import platform
@@ -24,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import DOConv2d, do_conv_kernel
+from .core import DOConv2d
+from .core.do_conv import _compose, _compose_grads
 
 # (in, out, groups, feature size): ResNet 3x3 convs per stage, DeepLabv3's ASPP (2048 -> 512),
 # a ResNeXt grouped conv and a depthwise one
@@ -137,28 +140,32 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
         times = alternate([make(m) for m in layers], repeats)
         row[f'stock_{what}_ms'] = times[0] * 1e3
         row[what] = {name: t / times[0] for name, t in zip(VARIANTS[1:], times[1:])}
-    w, D = ours.weight.detach().requires_grad_(), ours.D.detach().requires_grad_()
-    G = torch.randn_like(w)
+    w, D = ours.weight.detach(), ours.D.detach()
+    G, grad_buf = torch.randn_like(w), torch.empty_like(w)
 
-    def compose(fn, backward):
-        def run():
-            if backward:
-                fn(w, D).backward(G)
-            else:
-                with torch.no_grad():
-                    fn(w, D)
-        return run
-    out = torch.empty_like(w)
-    comp = alternate([compose(do_conv_kernel, False), compose(naive_kernel, False),
-                      lambda: out.copy_(w)], repeats)
-    comp_bwd = alternate([compose(do_conv_kernel, True), compose(naive_kernel, True)], repeats)
+    def ours_step():  # what a training step of ours composes: K twice, then the gradients
+        _compose(w, D, None, transient=True)
+        _compose(w, D, None, transient=True)
+        grad_buf.copy_(G)  # dL/dK as convolution_backward hands it over, fresh each step
+        _compose_grads(grad_buf, w, D, None, (True, True, False), reuse_grad=True)
+
+    def naive_step():  # the naive layer's: K once, its gradients by autograd
+        naive_kernel(w.requires_grad_(), D.requires_grad_()).backward(G)
+        w.requires_grad_(False), D.requires_grad_(False)
+
+    with torch.no_grad():
+        comp = alternate([lambda: _compose(w, D, None, transient=True),
+                          lambda: naive_kernel(w, D), lambda: grad_buf.copy_(w)], repeats)
+    comp_step = alternate([ours_step, naive_step], repeats)
     flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
-    # floors: the multiply-adds at the matmul rate, or the memory traffic (forward: read W, write
-    # K = one kernel-sized copy; the gradients: read dL/dK and W, write dW = 1.5 copies)
+    # floors: the multiply-adds at the matmul rate, or the memory traffic, in kernel-sized copies
+    # (read one kernel-sized tensor, write one): forward, read W and write K = 1; a training
+    # step of ours, two such compositions + refreshing dL/dK (1) + its gradients (read dL/dK and
+    # W, write dW: 1.5) = 4.5, at 4 times the forward's arithmetic
     floor = max(flops / gflops / 1e9, comp[2])
-    floor_bwd = max(3 * flops / gflops / 1e9, 2.5 * comp[2])
+    floor_step = max(4 * flops / gflops / 1e9, 4.5 * comp[2])
     row.update(compose_ms=[comp[0] * 1e3, comp[1] * 1e3, floor * 1e3],
-               compose_bwd_ms=[comp_bwd[0] * 1e3, comp_bwd[1] * 1e3, floor_bwd * 1e3],
+               compose_step_ms=[comp_step[0] * 1e3, comp_step[1] * 1e3, floor_step * 1e3],
                floor_arith_ms=flops / gflops / 1e6, copy_ms=comp[2] * 1e3,
                saved_mb={name: saved_bytes(m, x) / 2**20 for name, m in zip(VARIANTS, layers)})
     return row
@@ -185,11 +192,12 @@ def markdown(result: dict) -> str:
                             ('eval', 'eval, eval() each call')):
             lines.append(f"| {r['shape']} | {label} | {r[f'stock_{what}_ms']:.2f} ms | "
                          + ' | '.join(f'{r[what][n]:.2f}' for n in names) + ' |')
-    lines += ['', '| layer | composition fwd ms: ours / naive / floor | fwd+bwd ms: '
-              'ours / naive / floor | saved for backward MB: ' + ' / '.join(VARIANTS) + ' |',
+    lines += ['', '| layer | composition, forward ms: ours / naive / floor | composition, training '
+              'step ms: ours / naive / floor | saved for backward MB: ' + ' / '.join(VARIANTS)
+              + ' |',
               '| --- | --- | --- | --- |']
     for r in result['layers']:
         lines.append(f"| {r['shape']} | " + ' / '.join(f'{t:.2f}' for t in r['compose_ms'])
-                     + ' | ' + ' / '.join(f'{t:.2f}' for t in r['compose_bwd_ms']) + ' | '
+                     + ' | ' + ' / '.join(f'{t:.2f}' for t in r['compose_step_ms']) + ' | '
                      + ' / '.join(f"{r['saved_mb'][n]:.1f}" for n in VARIANTS) + ' |')
     return '\n'.join(lines)
