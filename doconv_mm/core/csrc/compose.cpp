@@ -113,12 +113,19 @@ void grads_blocks(const T* Gk, const T* w, const T* we, const T* D, T* gw, T* ge
 #if defined(__AVX512F__)
 // float32 with MN and D_mul up to 16 (3x3 kernels up to D_mul = 16), on CPUs with AVX-512: each
 // row of (D + I) is one 16-lane register, so an (o, i) pair costs MN (+ E) broadcast
-// multiply-adds per direction. Work runs in tiles of kTile input channels down the output rows;
-// those rows lie C_in/groups * MN floats apart, too far for the hardware prefetcher, so the
-// backward pass prefetches the tile kAhead rows ahead (2-3x faster at 512 channels).
+// multiply-adds per direction.
+//
+// The forward pass runs along output rows, kRowTile input channels at a time. The backward pass
+// owns tiles of kTile input channels (so dD needs no reduction across threads) and takes one
+// channel at a time, its dD and (D + I) rows in registers, down a chunk of kRows output rows;
+// the chunk's lines stay in L1 for the tile's next channels. Those rows lie C_in/groups * MN
+// floats apart, too far for the hardware prefetcher, so the chunk's first channel prefetches
+// kAhead rows ahead. (At 512 channels, in a training step: 2x faster than the row-wise sweep.)
 namespace avx512 {
 
+constexpr int64_t kRowTile = 1024;
 constexpr int64_t kTile = 8;
+constexpr int64_t kRows = 32;
 constexpr int64_t kAhead = 16;
 
 inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
@@ -161,8 +168,8 @@ void compose(const float* w, const float* we, const float* D, float* K, int64_t 
   const auto dt_t = padded(D, G * Cg, MN, S, true);
   const float* dt = dt_t.data_ptr<float>();
   at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
-    for (int64_t i0 = 0; i0 < Cg; i0 += 2 * kTile) {
-      const int64_t i1 = std::min(i0 + 2 * kTile, Cg);
+    for (int64_t i0 = 0; i0 < Cg; i0 += kRowTile) {
+      const int64_t i1 = std::min(i0 + kRowTile, Cg);
       for (int64_t o = o0; o < o1; ++o) {
         const int64_t g = o / Og;
         for (int64_t i = i0; i < i1; ++i) {
@@ -181,9 +188,7 @@ void compose(const float* w, const float* we, const float* D, float* K, int64_t 
   });
 }
 
-// One input channel at a time down the output rows, dD's rows in registers; the tile's rows stay
-// in L2 from one channel to the next. gw may be Gk itself (each pair's G is read before its dW is
-// written in its place).
+// gw may be Gk itself (each pair's G is read before its dW is written in its place).
 template <int64_t MN_, int64_t S_>
 void grads(const float* Gk, const float* w, const float* we, const float* D, float* gw, float* ge,
            float* gD, int64_t O, int64_t Cg, int64_t G, int64_t mn_rt, int64_t s_rt) {
@@ -193,38 +198,50 @@ void grads(const float* Gk, const float* w, const float* we, const float* D, flo
   const __mmask16 mn = lanes(MN), extra = static_cast<__mmask16>(lanes(S) & ~lanes(MN));
   const int64_t tiles = (Cg + kTile - 1) / kTile;
   at::parallel_for(0, G * tiles, 1, [&](int64_t t0, int64_t t1) {
+    __m512 tile_acc[kTile * kLanes];  // dD of the tile's channels between row chunks
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(i0 + kTile, Cg);
-      for (int64_t i = i0; i < i1; ++i) {
-        const float* d = di + (g * Cg + i) * MN * kLanes;
-        __m512 acc[kLanes];  // dD[c, m, :]
-        for (int64_t m = 0; m < MN; ++m) acc[m] = _mm512_setzero_ps();
-        for (int64_t o = g * Og; o < (g + 1) * Og; ++o) {
-          const int64_t oi = o * Cg + i;
-          if (o + kAhead < (g + 1) * Og) {
-            _mm_prefetch(reinterpret_cast<const char*>(Gk + (oi + kAhead * Cg) * MN), _MM_HINT_T0);
-            if (gD) _mm_prefetch(reinterpret_cast<const char*>(w + (oi + kAhead * Cg) * MN), _MM_HINT_T0);
-          }
-          const float* gr = Gk + oi * MN;
-          __m512 wr = _mm512_setzero_ps();
-          if (gD) {
-            wr = _mm512_maskz_loadu_ps(mn, w + oi * MN);
-            if (E) wr = _mm512_mask_expandloadu_ps(wr, extra, we + oi * E);
-          }
-          __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+      const int64_t end = (g + 1) * Og;
+      for (int64_t k = 0; k < (i1 - i0) * MN; ++k) tile_acc[k] = _mm512_setzero_ps();
+      for (int64_t r0 = g * Og; r0 < end; r0 += kRows) {
+        const int64_t r1 = std::min(r0 + kRows, end);
+        for (int64_t i = i0; i < i1; ++i) {
+          __m512 rows[kLanes], acc[kLanes];  // (D + I)[c, m, :] and dD[c, m, :], in registers
           for (int64_t m = 0; m < MN; ++m) {
-            const __m512 gm = _mm512_set1_ps(gr[m]);
-            if (gD) acc[m] = _mm512_fmadd_ps(gm, wr, acc[m]);
-            if (m & 1) d1 = _mm512_fmadd_ps(gm, _mm512_load_ps(d + m * kLanes), d1);
-            else d0 = _mm512_fmadd_ps(gm, _mm512_load_ps(d + m * kLanes), d0);
+            rows[m] = _mm512_load_ps(di + ((g * Cg + i) * MN + m) * kLanes);
+            acc[m] = tile_acc[(i - i0) * MN + m];
           }
-          const __m512 dw = _mm512_add_ps(d0, d1);
-          if (gw) store<MN_>(gw + oi * MN, dw, MN);
-          if (ge) _mm512_mask_compressstoreu_ps(ge + oi * E, extra, dw);
+          for (int64_t o = r0; o < r1; ++o) {
+            const int64_t oi = o * Cg + i;
+            if (i == i0 && o + kAhead < end) {  // the chunk's first channel brings the lines in
+              const int64_t row = (o + kAhead) * Cg;
+              prefetch(Gk, (row + i0) * MN, (row + i1) * MN);
+              if (gD) prefetch(w, (row + i0) * MN, (row + i1) * MN);
+              if (gD && E) prefetch(we, (row + i0) * E, (row + i1) * E);
+            }
+            const float* gr = Gk + oi * MN;
+            __m512 wr = _mm512_setzero_ps();
+            if (gD) {
+              wr = _mm512_maskz_loadu_ps(mn, w + oi * MN);
+              if (E) wr = _mm512_mask_expandloadu_ps(wr, extra, we + oi * E);
+            }
+            __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+            for (int64_t m = 0; m < MN; ++m) {
+              const __m512 gm = _mm512_set1_ps(gr[m]);
+              if (gD) acc[m] = _mm512_fmadd_ps(gm, wr, acc[m]);
+              if (m & 1) d1 = _mm512_fmadd_ps(gm, rows[m], d1);
+              else d0 = _mm512_fmadd_ps(gm, rows[m], d0);
+            }
+            const __m512 dw = _mm512_add_ps(d0, d1);
+            if (gw) store<MN_>(gw + oi * MN, dw, MN);
+            if (ge) _mm512_mask_compressstoreu_ps(ge + oi * E, extra, dw);
+          }
+          for (int64_t m = 0; m < MN; ++m) tile_acc[(i - i0) * MN + m] = acc[m];
         }
-        for (int64_t m = 0; gD && m < MN; ++m)
-          _mm512_mask_storeu_ps(gD + ((g * Cg + i) * MN + m) * S, lanes(S), acc[m]);
       }
+      for (int64_t i = i0; gD && i < i1; ++i)
+        for (int64_t m = 0; m < MN; ++m)
+          _mm512_mask_storeu_ps(gD + ((g * Cg + i) * MN + m) * S, lanes(S), tile_acc[(i - i0) * MN + m]);
     }
   });
 }
