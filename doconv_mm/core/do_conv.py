@@ -21,6 +21,7 @@ D_mul > MN). Hence ``K = weight + sum_s D[c, :, s] * W[o, i, s]``:
   channel rescaling of ``weight`` (mmcv's ``fuse_conv_bn``, ``ConvModule``'s efficient conv-bn
   eval) rescales ``K`` the same way and stays exact.
 """
+import contextlib
 import threading
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -150,6 +151,14 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
         return _Compose.apply(weight, D, W_extra)
 
 
+def _autocast_off(dtype: Optional[torch.dtype], device_type: str):
+    """Autocast disabled for ``device_type`` where it is on (``dtype`` not None); else nothing
+    (entering an autocast context costs microseconds, on every layer call)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 class _DOConvFunction(torch.autograd.Function):
     """``conv2d(x, do_conv_kernel(weight, D, W_extra), bias)`` that keeps no composed kernel.
 
@@ -164,15 +173,15 @@ class _DOConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, D, W_extra, bias, stride, padding, dilation, groups, keep_kernel):
-        with torch.autocast(x.device.type, enabled=False):
-            K = _compose(weight, D, W_extra, transient=not keep_kernel)
         dtype = autocast_dtype(x.device.type)
+        with _autocast_off(dtype, x.device.type):
+            K = _compose(weight, D, W_extra, transient=not keep_kernel)
         if dtype is not None and x.dtype != torch.float64:
             x, K = x.to(dtype), K.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight, D, W_extra, K if keep_kernel else None)
         ctx.conv = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]])
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(dtype, x.device.type):
             return F.conv2d(x, K, bias, stride, padding, dilation, groups)
 
     @staticmethod
@@ -183,7 +192,7 @@ class _DOConvFunction(torch.autograd.Function):
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
         need_params = ctx.needs_input_grad[1:4]
         if K is None and need_x:
-            with torch.autocast(x.device.type, enabled=False):
+            with _autocast_off(autocast_dtype(x.device.type), x.device.type):
                 K = _compose(weight, D, W_extra, transient=True).to(x.dtype)
         elif K is None:  # only the kernel's gradient, which does not read the kernel's values
             K = weight.to(x.dtype)

@@ -27,6 +27,10 @@ namespace {
 
 constexpr int64_t kMaxCols = 256;  // MN and D_mul above this take the PyTorch path
 constexpr int64_t kLanes = 16;
+constexpr int64_t kPairsPerThread = 8192;  // less work than this per thread runs on one
+
+// at::parallel_for's grain for tasks of `pairs` (output, input channel) pairs each.
+inline int64_t grain(int64_t pairs) { return std::max<int64_t>(1, kPairsPerThread / std::max<int64_t>(1, pairs)); }
 constexpr int64_t kChannelBlock = 16;
 constexpr int64_t kCacheBytes = 64 * 1024;  // the share of D kept in cache across rows
 
@@ -38,7 +42,7 @@ void compose_rows(const T* w, const T* we, const T* Dt, T* K, int64_t O, int64_t
                   int64_t mn_rt, int64_t s_rt) {
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
   const int64_t block = std::max<int64_t>(1, kCacheBytes / (S * MN * sizeof(T)));
-  at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
+  at::parallel_for(0, O, grain(Cg), [&](int64_t o0, int64_t o1) {
     T acc[kMaxCols];
     for (int64_t i0 = 0; i0 < Cg; i0 += block) {
       for (int64_t o = o0; o < o1; ++o) {
@@ -71,7 +75,7 @@ void grads_blocks(const T* Gk, const T* w, const T* we, const T* D, T* gw, T* ge
                   int64_t O, int64_t Cg, int64_t G, int64_t mn_rt, int64_t s_rt) {
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
   const int64_t blocks = (Cg + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, G * blocks, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, G * blocks, grain(Og * kChannelBlock), [&](int64_t t0, int64_t t1) {
     std::vector<T> accD(gD ? kChannelBlock * MN * S : 0);
     T row[kMaxCols], dw[kMaxCols];
     for (int64_t t = t0; t < t1; ++t) {
@@ -167,7 +171,7 @@ void compose(const float* w, const float* we, const float* D, float* K, int64_t 
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
   const auto dt_t = padded(D, G * Cg, MN, S, true);
   const float* dt = dt_t.data_ptr<float>();
-  at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
+  at::parallel_for(0, O, grain(Cg), [&](int64_t o0, int64_t o1) {
     for (int64_t i0 = 0; i0 < Cg; i0 += kRowTile) {
       const int64_t i1 = std::min(i0 + kRowTile, Cg);
       for (int64_t o = o0; o < o1; ++o) {
@@ -197,7 +201,7 @@ void grads(const float* Gk, const float* w, const float* we, const float* D, flo
   const float* di = di_t.data_ptr<float>();
   const __mmask16 mn = lanes(MN), extra = static_cast<__mmask16>(lanes(S) & ~lanes(MN));
   const int64_t tiles = (Cg + kTile - 1) / kTile;
-  at::parallel_for(0, G * tiles, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, G * tiles, grain(Og * kTile), [&](int64_t t0, int64_t t1) {
     __m512 tile_acc[kTile * kLanes];  // dD of the tile's channels between row chunks
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(i0 + kTile, Cg);
