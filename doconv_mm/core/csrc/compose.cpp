@@ -119,17 +119,16 @@ void grads_blocks(const T* Gk, const T* w, const T* we, const T* D, T* gw, T* ge
 // row of (D + I) is one 16-lane register, so an (o, i) pair costs MN (+ E) broadcast
 // multiply-adds per direction.
 //
-// The forward pass runs along output rows, kRowTile input channels at a time. The backward pass
-// owns tiles of kTile input channels (so dD needs no reduction across threads) and takes one
-// channel at a time, its dD and (D + I) rows in registers, down a chunk of kRows output rows;
-// the chunk's lines stay in L1 for the tile's next channels. Those rows lie C_in/groups * MN
-// floats apart, too far for the hardware prefetcher, so the chunk's first channel prefetches
-// kAhead rows ahead. (At 512 channels, in a training step: 2x faster than the row-wise sweep.)
+// Both passes own tiles of kTile input channels (so dD needs no reduction across threads) and take
+// one channel at a time, its (D + I) rows (and dD rows) in registers, down a chunk of kRows output
+// rows; the chunk's cache lines stay in L1 for the tile's next channels. Output rows lie
+// C_in/groups * MN floats apart, too far for the hardware prefetcher, so the chunk's first channel
+// prefetches kAhead rows ahead. (512 channels, in a training step: composition 0.9 -> 0.6 ms,
+// gradients 2.1 -> 0.9 ms against a row-wise sweep.)
 namespace avx512 {
 
-constexpr int64_t kRowTile = 1024;
 constexpr int64_t kTile = 8;
-constexpr int64_t kRows = 32;
+constexpr int64_t kRows = 8;
 constexpr int64_t kAhead = 16;
 
 inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
@@ -171,21 +170,32 @@ void compose(const float* w, const float* we, const float* D, float* K, int64_t 
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
   const auto dt_t = padded(D, G * Cg, MN, S, true);
   const float* dt = dt_t.data_ptr<float>();
-  at::parallel_for(0, O, grain(Cg), [&](int64_t o0, int64_t o1) {
-    for (int64_t i0 = 0; i0 < Cg; i0 += kRowTile) {
-      const int64_t i1 = std::min(i0 + kRowTile, Cg);
-      for (int64_t o = o0; o < o1; ++o) {
-        const int64_t g = o / Og;
+  const int64_t tiles = (Cg + kTile - 1) / kTile;
+  at::parallel_for(0, G * tiles, grain(Og * kTile), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(i0 + kTile, Cg);
+      const int64_t end = (g + 1) * Og;
+      for (int64_t r0 = g * Og; r0 < end; r0 += kRows) {
+        const int64_t r1 = std::min(r0 + kRows, end);
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t oi = o * Cg + i;
-          const float* d = dt + (g * Cg + i) * S * kLanes;
-          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();  // two chains for latency
-          for (int64_t s = 0; s < S; ++s) {
-            const __m512 ws = _mm512_set1_ps(s < MN ? w[oi * MN + s] : we[oi * E + s - MN]);
-            if (s & 1) a1 = _mm512_fmadd_ps(ws, _mm512_load_ps(d + s * kLanes), a1);
-            else a0 = _mm512_fmadd_ps(ws, _mm512_load_ps(d + s * kLanes), a0);
+          __m512 rows[kLanes];  // (D + I)^T[c, s, :], in registers
+          for (int64_t s = 0; s < S; ++s) rows[s] = _mm512_load_ps(dt + ((g * Cg + i) * S + s) * kLanes);
+          for (int64_t o = r0; o < r1; ++o) {
+            const int64_t oi = o * Cg + i;
+            if (i == i0 && o + kAhead < end) {  // the chunk's first channel brings the lines in
+              const int64_t row = (o + kAhead) * Cg;
+              prefetch(w, (row + i0) * MN, (row + i1) * MN);
+              prefetch(K, (row + i0) * MN, (row + i1) * MN);
+              if (E) prefetch(we, (row + i0) * E, (row + i1) * E);
+            }
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();  // two chains for latency
+            for (int64_t s = 0; s < S; ++s) {
+              const __m512 ws = _mm512_set1_ps(s < MN ? w[oi * MN + s] : we[oi * E + s - MN]);
+              if (s & 1) a1 = _mm512_fmadd_ps(ws, rows[s], a1);
+              else a0 = _mm512_fmadd_ps(ws, rows[s], a0);
+            }
+            store<MN_>(K + oi * MN, _mm512_add_ps(a0, a1), MN);
           }
-          store<MN_>(K + oi * MN, _mm512_add_ps(a0, a1), MN);
         }
       }
     }
