@@ -149,37 +149,39 @@ inline void store(float* p, __m512 v, int64_t n) {
   }
 }
 
-// (D + I) per input channel as `rows` 16-lane rows: row r lane l = D[c, m, s] + I[m, s] with
-// (m, s) = (l, r) when transposed, else (r, l); zero beyond the matrix.
-torch::Tensor padded(const float* D, int64_t C, int64_t MN, int64_t S, bool transposed) {
-  const int64_t rows = transposed ? S : MN, cols = transposed ? MN : S;
-  auto out = torch::zeros({C, rows, kLanes}, torch::kFloat);
-  float* q = out.data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t l = 0; l < cols; ++l) {
-        const int64_t m = transposed ? l : r, s = transposed ? r : l;
-        q[(c * rows + r) * kLanes + l] = D[(c * MN + m) * S + s] + float(m == s);
-      }
-  return out;
+// Row m of (D + I)[c] (lanes s < S) and row s of its transpose (lanes m < MN), zero beyond.
+inline __m512 di_row(const float* D, int64_t c, int64_t m, int64_t MN, int64_t S) {
+  const __m512 r = _mm512_maskz_loadu_ps(lanes(S), D + (c * MN + m) * S);
+  return _mm512_mask_add_ps(r, static_cast<__mmask16>(1u << m), r, _mm512_set1_ps(1.f));
+}
+
+inline __m512 dt_row(const float* D, int64_t c, int64_t s, int64_t MN, int64_t S) {
+  const __m512i m_times_S = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(S)));
+  const __m512 r = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes(MN), m_times_S,
+                                            D + c * MN * S + s, 4);
+  return s < MN ? _mm512_mask_add_ps(r, static_cast<__mmask16>(1u << s), r, _mm512_set1_ps(1.f))
+                : r;
 }
 
 template <int64_t MN_, int64_t S_>
 void compose(const float* w, const float* we, const float* D, float* K, int64_t O, int64_t Cg,
              int64_t G, int64_t mn_rt, int64_t s_rt) {
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
-  const auto dt_t = padded(D, G * Cg, MN, S, true);
-  const float* dt = dt_t.data_ptr<float>();
   const int64_t tiles = (Cg + kTile - 1) / kTile;
   at::parallel_for(0, G * tiles, grain(Og * kTile), [&](int64_t t0, int64_t t1) {
+    __m512 tile_rows[kTile * kLanes];  // (D + I)^T of the tile's channels
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(i0 + kTile, Cg);
       const int64_t end = (g + 1) * Og;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t s = 0; s < S; ++s) tile_rows[(i - i0) * kLanes + s] = dt_row(D, g * Cg + i, s, MN, S);
       for (int64_t r0 = g * Og; r0 < end; r0 += kRows) {
         const int64_t r1 = std::min(r0 + kRows, end);
         for (int64_t i = i0; i < i1; ++i) {
-          __m512 rows[kLanes];  // (D + I)^T[c, s, :], in registers
-          for (int64_t s = 0; s < S; ++s) rows[s] = _mm512_load_ps(dt + ((g * Cg + i) * S + s) * kLanes);
+          __m512 rows[kLanes];  // in registers
+          for (int64_t s = 0; s < S; ++s) rows[s] = tile_rows[(i - i0) * kLanes + s];
           for (int64_t o = r0; o < r1; ++o) {
             const int64_t oi = o * Cg + i;
             if (i == i0 && o + kAhead < end) {  // the chunk's first channel brings the lines in
@@ -207,8 +209,6 @@ template <int64_t MN_, int64_t S_>
 void grads(const float* Gk, const float* w, const float* we, const float* D, float* gw, float* ge,
            float* gD, int64_t O, int64_t Cg, int64_t G, int64_t mn_rt, int64_t s_rt) {
   const int64_t MN = MN_ > 0 ? MN_ : mn_rt, S = S_ > 0 ? S_ : s_rt, E = S - MN, Og = O / G;
-  const auto di_t = padded(D, G * Cg, MN, S, false);
-  const float* di = di_t.data_ptr<float>();
   const __mmask16 mn = lanes(MN), extra = static_cast<__mmask16>(lanes(S) & ~lanes(MN));
   const int64_t tiles = (Cg + kTile - 1) / kTile;
   at::parallel_for(0, G * tiles, grain(Og * kTile), [&](int64_t t0, int64_t t1) {
@@ -222,7 +222,7 @@ void grads(const float* Gk, const float* w, const float* we, const float* D, flo
         for (int64_t i = i0; i < i1; ++i) {
           __m512 rows[kLanes], acc[kLanes];  // (D + I)[c, m, :] and dD[c, m, :], in registers
           for (int64_t m = 0; m < MN; ++m) {
-            rows[m] = _mm512_load_ps(di + ((g * Cg + i) * MN + m) * kLanes);
+            rows[m] = di_row(D, g * Cg + i, m, MN, S);
             acc[m] = tile_acc[(i - i0) * MN + m];
           }
           for (int64_t o = r0; o < r1; ++o) {
