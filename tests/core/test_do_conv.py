@@ -139,16 +139,28 @@ def test_kernel_and_its_closed_form_gradients_match_the_formula(channels, d_extr
 TOL_SUM32 = 1e-6
 
 
+def einsum_kernel(weight, D, W_extra):
+    """K by the formula as one einsum (float64; for shapes too large for :func:`loop_kernel`)."""
+    c_out, c_in_g, kh, kw = weight.shape
+    groups = D.shape[0] // c_in_g
+    W = weight.reshape(c_out, c_in_g, -1)
+    W = W if W_extra is None else torch.cat([W, W_extra], 2)
+    DI = D + torch.eye(kh * kw, D.shape[2], dtype=D.dtype)
+    return torch.einsum('gims,gois->goim', DI.view(groups, c_in_g, kh * kw, -1),
+                        W.view(groups, c_out // groups, c_in_g, -1)).reshape(weight.shape)
+
+
 @pytest.mark.parametrize('shape', [(40, 19, 1, (3, 3), 9), (24, 19, 1, (3, 3), 16),
                                    (18, 12, 3, (3, 3), 12), (8, 8, 8, (3, 3), 9),
                                    (20, 6, 2, (1, 3), 5), (9, 4, 1, (2, 2), 16),
-                                   (6, 4, 2, (5, 5), 25)],
+                                   (6, 4, 2, (5, 5), 25), (72, 300, 1, (3, 3), 9),
+                                   (128, 256, 2, (3, 3), 12)],
                          ids=lambda s: 'out{}-in{}-g{}-{}x{}-dmul{}'.format(*s[:3], *s[3], s[4]))
 def test_compiled_float32_composition_matches_the_formula(shape):
     """The compiled float32 kernels (vectorized where MN, D_mul <= 16: constant 3x3 / D_mul 9
     path, extra columns, other kernel sizes, channels not a multiple of the tile, more output rows
-    than the prefetch distance; else the portable loops) against the float64 formula, and dL/dW
-    written over dL/dK where the caller gives it up."""
+    than the prefetch distance, enough pairs to run on several threads; else the portable loops)
+    against the float64 formula, and dL/dW written over dL/dK where the caller gives it up."""
     ext = _ext.load()
     if ext is None:
         pytest.skip(f'compiled composition unavailable: {_ext.unavailable_reason()}')
@@ -161,7 +173,7 @@ def test_compiled_float32_composition_matches_the_formula(shape):
         if d_mul > mn else None
     leaves = [t.requires_grad_() for t in (weight, D, W_extra) if t is not None]
     G = torch.randn_like(weight)
-    ref_K = loop_kernel(weight, D, W_extra)
+    ref_K = (loop_kernel if c_out * c_in < 5000 else einsum_kernel)(weight, D, W_extra)
     ref = torch.autograd.grad(ref_K, leaves, G)
     f32 = [None if t is None else t.detach().float() for t in (weight, D, W_extra)]
     K = ext.compose(*f32)
