@@ -16,6 +16,7 @@ float32 matmul rate, measured on a 1024^3 matmul in the same run) and the memory
 kernel-sized copies timed in the same alternation: 1 for a composition, 1.5 for the gradients).
 """
 import copy
+import functools
 import platform
 import statistics
 import time
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import DOConv2d
+from .core import DOConv2d, _ext
 from .core.do_conv import _compose, _compose_grads
 
 # (in, out, groups, feature size): ResNet 3x3 convs per stage, DeepLabv3's ASPP (2048 -> 512),
@@ -99,27 +100,35 @@ def matmul_gflops(repeats: int) -> float:
 VARIANTS = ('stock', 'ours', 'ours keep_kernel', 'naive')
 
 
-def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gflops: float) -> dict:
-    """One shape: each variant's training step, training forward and evaluation, the composition
-    alone (ours, naive) and the bytes saved for backward. The input needs a gradient, as for every
-    layer but a network's first."""
+def make_layers(c_in: int, c_out: int, groups: int, size: int):
+    """``nn.Conv2d`` and a DOConv2d computing the same layer with a trained-like ``D`` (no
+    shortcut may rely on D = 0), and an input that needs a gradient."""
     torch.manual_seed(0)
     stock = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
     ours = DOConv2d(c_in, c_out, 3, padding=1, groups=groups)
     with torch.no_grad():
         ours.weight.copy_(stock.weight)
         ours.bias.copy_(stock.bias)
-        ours.D.normal_(0, 0.05)  # trained-like: no shortcut may rely on D = 0
+        ours.D.normal_(0, 0.05)
+    return stock, ours, torch.randn(BATCH, c_in, size, size, requires_grad=True)
+
+
+def training_step(m: nn.Module, x: Tensor) -> Callable:
+    def step():
+        m.train()
+        m(x).sum().backward()
+    return step
+
+
+def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gflops: float) -> dict:
+    """One shape: each variant's training step, training forward and evaluation, the composition
+    alone (ours, naive) and the bytes saved for backward. The input needs a gradient, as for every
+    layer but a network's first."""
+    stock, ours, x = make_layers(c_in, c_out, groups, size)
     keep = copy.deepcopy(ours)
     keep.keep_kernel = True
     layers = (stock, ours, keep, NaiveDOConv2d(ours))
-    x = torch.randn(BATCH, c_in, size, size, requires_grad=True)
-
-    def train_step(m):
-        def step():
-            m.train()
-            m(x).sum().backward()
-        return step
+    train_step = functools.partial(training_step, x=x)
 
     def forward(m):
         def fwd():
@@ -169,6 +178,68 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
                floor_arith_ms=flops / gflops / 1e6, copy_ms=comp[2] * 1e3,
                saved_mb={name: saved_bytes(m, x) / 2**20 for name, m in zip(VARIANTS, layers)})
     return row
+
+
+class _TimedExtension:
+    """The compiled composition with a timer around each call (seconds per function name)."""
+
+    def __init__(self, ext) -> None:
+        self.ext, self.seconds = ext, {'compose': [], 'compose_grads': []}
+
+    def __getattr__(self, name):
+        fn = getattr(self.ext, name)
+
+        def timed(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            self.seconds[name].append(time.perf_counter() - start)
+            return out
+        return timed if name in self.seconds else fn
+
+
+def profile_shape(c_in: int, c_out: int, groups: int, size: int, steps: int) -> dict:
+    """Where one training step's time goes, stock against ours (ms per step): step medians of
+    alternating runs; the convolutions' own time (torch.profiler, self CPU time of
+    aten::mkldnn_convolution and aten::convolution_backward, in profiled runs); ours' compiled
+    compositions and gradient sweep (timers around the compiled calls, in further runs)."""
+    stock, ours, x = make_layers(c_in, c_out, groups, size)
+    steps_fns = [training_step(stock, x), training_step(ours, x)]
+    medians = alternate(steps_fns, steps)
+    row = dict(shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') +
+               f' {size}x{size}', step_ms=[t * 1e3 for t in medians])
+    for name, fn in zip(('stock', 'ours'), steps_fns):
+        with torch.profiler.profile() as prof:
+            for _ in range(steps):
+                fn()
+        own = {e.key: e.self_cpu_time_total / steps / 1e3 for e in prof.key_averages()}
+        row[f'{name}_conv_ms'] = [own.get('aten::mkldnn_convolution', 0.0),
+                                  own.get('aten::convolution_backward', 0.0)]
+    ext = _ext.load()
+    if ext is not None:
+        timed = _TimedExtension(ext)
+        _ext._state['module'] = timed
+        try:
+            for _ in range(steps):
+                steps_fns[1]()
+        finally:
+            _ext._state['module'] = ext
+        row['compose_ms'] = statistics.median(timed.seconds['compose']) * 1e3
+        row['compose_calls'] = len(timed.seconds['compose']) / steps
+        row['grads_ms'] = statistics.median(timed.seconds['compose_grads']) * 1e3
+    return row
+
+
+def profile_markdown(rows: Sequence[dict]) -> str:
+    lines = ['| layer | step ms: stock / ours | convolution fwd ms: stock / ours | convolution bwd '
+             'ms: stock / ours | ours: composition ms x calls per step | ours: gradient sweep ms |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for r in rows:
+        comp = (f"{r['compose_ms']:.2f} x {r['compose_calls']:.0f} | {r['grads_ms']:.2f}"
+                if 'compose_ms' in r else 'not compiled | not compiled')
+        lines.append(f"| {r['shape']} | {r['step_ms'][0]:.2f} / {r['step_ms'][1]:.2f} | "
+                     f"{r['stock_conv_ms'][0]:.2f} / {r['ours_conv_ms'][0]:.2f} | "
+                     f"{r['stock_conv_ms'][1]:.2f} / {r['ours_conv_ms'][1]:.2f} | {comp} |")
+    return '\n'.join(lines)
 
 
 def run(repeats: int = 15, shapes=SHAPES) -> dict:

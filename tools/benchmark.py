@@ -1,14 +1,15 @@
 """DO-Conv's cost against plain convolutions, measured side by side in one process.
 
-    python tools/benchmark.py --layers [--repeats N] [--json FILE]
+    python tools/benchmark.py --layers [--profile] [--repeats N] [--json FILE]
     python tools/benchmark.py [--quick] [--json FILE] [--repeats N] [--sizes 256 512]
 
 --layers: DOConv2d against nn.Conv2d and against the naive einsum composition (the DO-Conv
 authors' way), per layer shape: training step, training forward, evaluation, the composition
 alone against its arithmetic floor, and the memory saved for backward (torch only;
-doconv_mm.layer_benchmark). Otherwise: the training step and peak memory of Faster R-CNN R50-FPN
-and DeepLabv3 R50-D8 with DO-Conv across the whole network, unfolded and folded inference, each
-as the median of alternating runs and the ratio DO-Conv / stock, and fold_ckpt.py's wall time
+doconv_mm.layer_benchmark); with --profile, where a training step's time goes instead.
+Otherwise: the training step and peak memory of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
+DO-Conv across the whole network, unfolded and folded inference, each as the median of
+alternating runs and the ratio DO-Conv / stock, and fold_ckpt.py's wall time
 (doconv_mm.mm.benchmark).
 """
 import argparse
@@ -28,6 +29,9 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--layers', action='store_true',
                         help='the layer table only (needs torch only)')
+    parser.add_argument('--profile', action='store_true',
+                        help='with --layers: where a training step\'s time goes, per shape '
+                        '(convolutions, compositions, gradient sweep)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny run for a smoke test: two small layer shapes, or one model '
                         'size without memory')
@@ -48,10 +52,16 @@ def main(argv=None):
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if any(size < 32 for size in args.sizes):
         parser.error(f'--sizes must be >= 32 px each, got {args.sizes}')
+    if args.profile and not args.layers:
+        parser.error('--profile needs --layers')
     if args.layers:
         shapes = [(32, 32, 1, 16), (32, 32, 4, 16)] if args.quick else layer_benchmark.SHAPES
-        result = layer_benchmark.run(args.repeats, shapes)
-        print(layer_benchmark.markdown(result))
+        if args.profile:
+            result = [layer_benchmark.profile_shape(*shape, args.repeats) for shape in shapes]
+            print(layer_benchmark.profile_markdown(result))
+        else:
+            result = layer_benchmark.run(args.repeats, shapes)
+            print(layer_benchmark.markdown(result))
     else:
         from doconv_mm.mm.benchmark import markdown, run
         result = run(ROOT, args.sizes, args.repeats, args.mem_repeats, args.quick, args.models,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from doconv_mm import DOConv2d
+from doconv_mm.core import _ext
 from doconv_mm.layer_benchmark import NaiveDOConv2d
 from doconv_mm.mm.toy_data import write_coco
 from layer_helpers import TOL64, rel_err, trained_like
@@ -70,6 +71,26 @@ def test_layer_benchmark_smoke(tmp_path):
         assert saved['ours keep_kernel'] == pytest.approx(kernel_mb / groups)
         assert saved['naive'] >= kernel_mb / groups
     assert '| 32->32 g=4 16x16 | fwd+bwd |' in proc.stdout
+
+
+def test_layer_profile_smoke(tmp_path):
+    """--layers --profile: per shape, both step times, the convolutions' own times, and ours'
+    compiled calls (two compositions per step: forward and backward) where compiled."""
+    out = tmp_path / 'profile.json'
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--layers',
+                           '--profile', '--quick', '--repeats', '2', '--json', str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r['shape'] for r in rows] == ['32->32 16x16', '32->32 g=4 16x16']
+    for row in rows:
+        assert all(t > 0 for t in row['step_ms'] + row['stock_conv_ms'] + row['ours_conv_ms'])
+        if _ext.load() is not None:
+            assert row['compose_calls'] == 2 and row['compose_ms'] > 0 and row['grads_ms'] > 0
+    assert '| 32->32 g=4 16x16 |' in proc.stdout
+    no_layers = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--profile'],
+                               capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert no_layers.returncode == 2 and '--profile needs --layers' in no_layers.stderr
 
 
 @pytest.mark.parametrize('groups, d_mul', [(1, 9), (2, 12), (4, 9)])
