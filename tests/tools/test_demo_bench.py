@@ -38,29 +38,30 @@ def test_demo_path_shortened(tmp_path):
         assert (work / png).stat().st_size > 1000
 
 
-def test_benchmark_smoke(tmp_path):
+def run_benchmark(tmp_path, *args, timeout=300):
+    """tools/benchmark.py with ``args`` and --json: its output and the JSON it wrote."""
     out = tmp_path / 'bench.json'
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--quick',
-                           '--repeats', '1', '--sizes', '64', '--json', str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), *args,
+                           '--json', str(out)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_benchmark_smoke(tmp_path):
+    stdout, result = run_benchmark(tmp_path, '--quick', '--repeats', '1', '--sizes', '64',
+                                   timeout=900)
     assert len(result['models']) == 2
     for row in result['models']:
         assert row['train_ratio'] > 0 and row['infer_ratio'] > 0 and row['folded_ratio'] > 0
     assert result['fold_ckpt_s'] > 0
-    assert '| model (whole network DO-Conv)' in proc.stdout
+    assert '| model (whole network DO-Conv)' in stdout
 
 
 def test_layer_benchmark_smoke(tmp_path):
     """--layers: every variant measured, the naive baseline computes the same layer, and the
     memory saved for backward is 0 for ours and a kernel for keep_kernel and the naive layer."""
-    out = tmp_path / 'layers.json'
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--layers',
-                           '--quick', '--repeats', '1', '--json', str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    stdout, result = run_benchmark(tmp_path, '--layers', '--quick', '--repeats', '1')
     kernel_mb = 32 * 32 * 9 * 4 / 2**20  # the 32 -> 32 3x3 kernel, float32
     for row, groups in zip(result['layers'], (1, 4)):
         for what in ('train', 'fwd', 'eval'):
@@ -70,24 +71,19 @@ def test_layer_benchmark_smoke(tmp_path):
         assert saved['stock'] == 0 and saved['ours'] == 0
         assert saved['ours keep_kernel'] == pytest.approx(kernel_mb / groups)
         assert saved['naive'] >= kernel_mb / groups
-    assert '| 32->32 g=4 16x16 | fwd+bwd |' in proc.stdout
+    assert '| 32->32 g=4 16x16 | fwd+bwd |' in stdout
 
 
 def test_layer_profile_smoke(tmp_path):
     """--layers --profile: per shape, both step times, the convolutions' own times, and ours'
     compiled calls (two compositions per step: forward and backward) where compiled."""
-    out = tmp_path / 'profile.json'
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--layers',
-                           '--profile', '--quick', '--repeats', '2', '--json', str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    stdout, rows = run_benchmark(tmp_path, '--layers', '--profile', '--quick', '--repeats', '2')
     assert [r['shape'] for r in rows] == ['32->32 16x16', '32->32 g=4 16x16']
     for row in rows:
         assert all(t > 0 for t in row['step_ms'] + row['stock_conv_ms'] + row['ours_conv_ms'])
         if _ext.load() is not None:
             assert row['compose_calls'] == 2 and row['compose_ms'] > 0 and row['grads_ms'] > 0
-    assert '| 32->32 g=4 16x16 |' in proc.stdout
+    assert '| 32->32 g=4 16x16 |' in stdout
     no_layers = subprocess.run([sys.executable, osp.join(ROOT, 'tools/benchmark.py'), '--profile'],
                                capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert no_layers.returncode == 2 and '--profile needs --layers' in no_layers.stderr
