@@ -11,7 +11,8 @@
 // Batched small matmuls (9-wide) run far below the machine's matmul rate; here every (o, i) pair
 // is a few vector multiply-adds on data read once, and the backward pass computes dW and dD in
 // the same sweep over G and W. MN and S are compile-time constants for 3x3 kernels with
-// D_mul = 9, so the accumulators stay in registers.
+// D_mul = 9, so the accumulators stay in registers. Two implementations: AVX-512 for float32
+// (namespace avx512), portable loops for the rest.
 #include <torch/extension.h>
 
 #if defined(__AVX512F__)
@@ -26,13 +27,15 @@
 namespace {
 
 constexpr int64_t kMaxCols = 256;  // MN and D_mul above this take the PyTorch path
-constexpr int64_t kLanes = 16;
+constexpr int64_t kLanes = 16;     // MN and D_mul up to this take the AVX-512 path (float32)
 constexpr int64_t kPairsPerThread = 8192;  // less work than this per thread runs on one
-
-// at::parallel_for's grain for tasks of `pairs` (output, input channel) pairs each.
-inline int64_t grain(int64_t pairs) { return std::max<int64_t>(1, kPairsPerThread / std::max<int64_t>(1, pairs)); }
 constexpr int64_t kChannelBlock = 16;
 constexpr int64_t kCacheBytes = 64 * 1024;  // the share of D kept in cache across rows
+
+// at::parallel_for's grain for tasks of `pairs` (output, input channel) pairs each.
+inline int64_t grain(int64_t pairs) {
+  return std::max<int64_t>(1, kPairsPerThread / std::max<int64_t>(1, pairs));
+}
 
 // The forward pass runs down output rows (each thread a range of them), channel block by channel
 // block so that the block's D stays in cache across the rows; every (o, i) pair reads its 9
