@@ -113,6 +113,10 @@ def make_layers(c_in: int, c_out: int, groups: int, size: int):
     return stock, ours, torch.randn(BATCH, c_in, size, size, requires_grad=True)
 
 
+def shape_name(c_in: int, c_out: int, groups: int, size: int) -> str:
+    return f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') + f' {size}x{size}'
+
+
 def training_step(m: nn.Module, x: Tensor) -> Callable:
     def step():
         m.train()
@@ -143,8 +147,7 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
                 m(x)
         return fwd
 
-    row = dict(shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') +
-               f' {size}x{size}')
+    row = dict(shape=shape_name(c_in, c_out, groups, size))
     for what, make in (('train', train_step), ('fwd', forward), ('eval', infer)):
         times = alternate([make(m) for m in layers], repeats)
         row[f'stock_{what}_ms'] = times[0] * 1e3
@@ -158,9 +161,10 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
         grad_buf.copy_(G)  # dL/dK as convolution_backward hands it over, fresh each step
         _compose_grads(grad_buf, w, D, None, (True, True, False), reuse_grad=True)
 
+    w_leaf, D_leaf = w.detach().requires_grad_(), D.detach().requires_grad_()
+
     def naive_step():  # the naive layer's: K once, its gradients by autograd
-        naive_kernel(w.requires_grad_(), D.requires_grad_()).backward(G)
-        w.requires_grad_(False), D.requires_grad_(False)
+        naive_kernel(w_leaf, D_leaf).backward(G)
 
     with torch.no_grad():
         comp = alternate([lambda: _compose(w, D, None, transient=True),
@@ -205,8 +209,7 @@ def profile_shape(c_in: int, c_out: int, groups: int, size: int, steps: int) -> 
     stock, ours, x = make_layers(c_in, c_out, groups, size)
     steps_fns = [training_step(stock, x), training_step(ours, x)]
     medians = alternate(steps_fns, steps)
-    row = dict(shape=f'{c_in}->{c_out}' + (f' g={groups}' if groups > 1 else '') +
-               f' {size}x{size}', step_ms=[t * 1e3 for t in medians])
+    row = dict(shape=shape_name(c_in, c_out, groups, size), step_ms=[t * 1e3 for t in medians])
     for name, fn in zip(('stock', 'ours'), steps_fns):
         with torch.profiler.profile() as prof:
             for _ in range(steps):
