@@ -15,7 +15,6 @@ except ImportError:  # torch 1.13
 
 from doconv_mm import DOConv2d, do_conv_kernel, fold_model
 from doconv_mm.core import _ext
-from doconv_mm.core import do_conv as do_conv_module
 from layer_helpers import TOL32, TOL64, rel_err, trained_like
 from reference import two_stage
 
@@ -28,7 +27,7 @@ KERNELS = [(3, 3), (5, 5), (1, 3), (3, 5)]
 def composition(request, monkeypatch):
     """Run a test with the compiled CPU composition and again with the PyTorch ops."""
     if request.param == 'pytorch':
-        monkeypatch.setattr(do_conv_module, '_compiled', lambda *args: None)
+        monkeypatch.setattr(_ext, 'applies', lambda *args: None)
     elif _ext.load() is None:
         pytest.skip(f'compiled composition unavailable: {_ext.unavailable_reason()}')
     return request.param
@@ -189,7 +188,7 @@ def test_compiled_float32_composition_matches_the_formula(shape):
 def test_training_compositions_share_one_buffer_per_thread(composition, monkeypatch):
     """Training forward and backward compose into one buffer per thread (the largest kernel so
     far); a kept kernel (keep_kernel) and kernels handed to the caller are never that buffer."""
-    monkeypatch.setattr(do_conv_module, '_workspace', threading.local())
+    monkeypatch.setattr(_ext, '_workspace', threading.local())
     torch.manual_seed(0)
     net = nn.Sequential(trained_like(DOConv2d(4, 8, 3, padding=1, keep_kernel=True)),
                         trained_like(DOConv2d(8, 8, 3, padding=1, D_mul=12)),
@@ -204,14 +203,14 @@ def test_training_compositions_share_one_buffer_per_thread(composition, monkeypa
     ref = torch.autograd.grad(out64.square().sum(), [x64, *net64.parameters()])
     assert all(rel_err(a, b) < TOL32 for a, b in zip(ours, ref))
     kernel = net[2].kernel()
-    buffers = getattr(do_conv_module._workspace, 'buffers', {})
+    buffers = getattr(_ext._workspace, 'buffers', {})
     if composition == 'pytorch':
         assert not buffers
         return
     buf = buffers[(torch.device('cpu'), torch.float32)]
     assert buf.numel() == 16 * 8 * 9 and kernel.data_ptr() != buf.data_ptr()
     other = []
-    thread = threading.Thread(target=lambda: other.append(do_conv_module._kernel_buffer(kernel)))
+    thread = threading.Thread(target=lambda: other.append(_ext.kernel_buffer(kernel)))
     thread.start()
     thread.join()
     assert other[0].data_ptr() != buf.data_ptr()
@@ -261,12 +260,19 @@ def test_training_forward_keeps_no_composed_kernel():
     assert len(extra) == 1 and torch.equal(extra[0], conv.kernel().detach())
 
 
-def test_frozen_parameters_use_the_cached_kernel():
-    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).requires_grad_(False)
+def test_frozen_parameters_use_the_cached_kernel_in_eval_mode_only():
+    """A frozen layer in eval mode (mmdet's frozen stages) reuses the float64 kernel; in training
+    mode every forward composes afresh, with or without grad."""
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).requires_grad_(False).eval()
     x = torch.randn(1, 4, 5, 5, requires_grad=True)
     conv(x).sum().backward()
     assert conv._cache is not None and x.grad is not None
     assert rel_err(x.grad, torch.autograd.grad(two_stage(x, conv).sum(), x)[0]) < TOL32
+    conv.train()
+    conv(x)
+    with torch.no_grad():
+        conv(x)
+    assert conv._cache is None
 
 
 def test_is_a_conv2d_with_conv_attributes_and_keyword_only_d_mul():
@@ -446,9 +452,10 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes():
         kernel = new
 
 
-def test_eval_cache_survives_repeated_mode_calls_and_drops_at_a_mode_switch():
-    """model.eval() before every batch keeps the kernel; a switch between training and evaluation
-    drops it, which is what catches edits made through .data (they move no version counter)."""
+def test_eval_cache_drops_at_every_mode_call_and_training_mode_never_caches():
+    """Every train()/eval() call drops the kernel (edits through .data move no version counter,
+    and mmengine's loops call model.eval() after the hooks that make them); training mode composes
+    afresh even without gradients, so gradient checkpointing's two forwards agree."""
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 4, 3, padding=1)).eval()
     net = nn.Sequential(conv)
@@ -458,21 +465,16 @@ def test_eval_cache_survives_repeated_mode_calls_and_drops_at_a_mode_switch():
         with torch.no_grad():
             out = conv(x)
         assert rel_err(out, two_stage(x, conv)) < TOL32
-        return conv._cache[1]
+        return None if conv._cache is None else conv._cache[1]
 
     kernel = forward_checked()
-    for _ in range(3):
-        net.eval()
-        assert forward_checked() is kernel
+    assert forward_checked() is kernel  # kept between calls that change nothing
     conv.D.data.add_(0.3)  # invisible to D's version counter
+    net.eval()  # already in eval mode: still drops
+    new = forward_checked()
+    assert new is not None and new is not kernel
     net.train()
-    net.eval()
-    kernel = forward_checked()
-    net.train()  # training mode without gradients (e.g. BN recalibration) caches too
-    assert forward_checked() is not kernel
-    kernel = conv._cache[1]
-    net.train()
-    assert forward_checked() is kernel
+    assert forward_checked() is None  # training mode, no grad: composed, not cached
 
 
 def test_autocast_cpu_bfloat16():
@@ -499,11 +501,12 @@ def test_autocast_cpu_bfloat16():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(kernel_size=5, D_mul=9), 'D_mul=9 must be an int >= M\\*N = 25'),
     (dict(kernel_size=(3, 3, 3)), 'kernel_size must be .* got \\(3, 3, 3\\)'),
-    (dict(groups=3), 'in_channels=4 must be divisible by groups=3'),
-    (dict(out_channels=6, groups=4), 'out_channels=6 must be divisible by groups=4'),
-    (dict(padding_mode='mirror'), "padding_mode='mirror' is not supported; allowed: 'zeros'"),
-    (dict(padding='same', stride=2), "padding='same' needs stride 1, got stride=2"),
-    (dict(padding='full'), "padding='full' is not supported"),
+    # nn.Conv2d's own checks
+    (dict(groups=3), 'in_channels must be divisible by groups'),
+    (dict(out_channels=6, groups=4), 'out_channels must be divisible by groups'),
+    (dict(padding_mode='mirror'), "padding_mode must be one of .* padding_mode='mirror'"),
+    (dict(padding='same', stride=2), "padding='same' is not supported for strided"),
+    (dict(padding='full'), "Invalid padding string 'full'"),
     (dict(keep_kernel=1), 'keep_kernel must be True or False, got 1'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
