@@ -25,7 +25,7 @@ demo-seg: setup
 	$(PY) tools/demo.py --task seg
 
 # Pretrain a plain backbone, fine-tune stock / DO-Conv head / DO-Conv all over 3 seeds, paired
-# comparison (det and seg, toy data; README "Does DO-Conv help?")
+# comparison (det and seg, toy data; docs/study.md)
 study: setup
 	$(PY) tools/study.py
 
@@ -33,4 +33,4 @@ bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json
 
 lint: setup
-	$(PY) -m flake8 doconv_mm tools tests
+	$(PY) -m flake8 doconv_mm tools tests benchmarks experiments

@@ -1,16 +1,18 @@
-"""DO-Conv's cost against plain convolutions, measured side by side in one process.
+"""DO-Conv's cost against plain convolutions, measured side by side.
 
-    python tools/benchmark.py --layers [--profile] [--repeats N] [--json FILE]
+    python tools/benchmark.py --layers [--profile] [--repeats N] [--processes N] [--json FILE]
     python tools/benchmark.py [--quick] [--json FILE] [--repeats N] [--sizes 256 512]
 
 --layers: DOConv2d against nn.Conv2d and against the naive einsum composition (the DO-Conv
 authors' way), per layer shape: training step, training forward, evaluation, the composition
 alone against its arithmetic floor, and the memory saved for backward (torch only;
-doconv_mm.layer_benchmark); with --profile, where a training step's time goes instead.
+benchmarks/layers.py); with --profile, where a training step's time goes instead. Each figure is
+the median over --processes fresh processes of each process's median of --repeats alternating
+runs, printed with its range over the processes.
 Otherwise: the training step and peak memory of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
 DO-Conv across the whole network, unfolded and folded inference, each as the median of
 alternating runs and the ratio DO-Conv / stock, and fold_ckpt.py's wall time
-(doconv_mm.mm.benchmark).
+(benchmarks/models.py).
 """
 import argparse
 import json
@@ -19,9 +21,9 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from doconv_mm import layer_benchmark  # noqa: E402
+from benchmarks import layers  # noqa: E402
 
-MODEL_NAMES = ['Faster R-CNN R50-FPN', 'DeepLabv3 R50-D8']  # doconv_mm.mm.benchmark.MODELS
+MODEL_NAMES = ['Faster R-CNN R50-FPN', 'DeepLabv3 R50-D8']  # benchmarks.models.MODELS
 
 
 def main(argv=None):
@@ -36,7 +38,10 @@ def main(argv=None):
                         help='tiny run for a smoke test: two small layer shapes, or one model '
                         'size without memory')
     parser.add_argument('--repeats', type=int, default=None,
-                        help='alternating runs per figure (default: 15 for --layers, else 5)')
+                        help='alternating runs per figure (default: 9 per process for --layers, '
+                        'else 5)')
+    parser.add_argument('--processes', type=int, default=5,
+                        help='with --layers: fresh processes per figure, run one after another')
     parser.add_argument('--mem-repeats', type=int, default=3,
                         help='fresh processes per model and size for the peak memory')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
@@ -46,8 +51,8 @@ def main(argv=None):
     parser.add_argument('--json', help='also write the results as JSON here')
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 15 if args.layers else 5
-    for name in ('repeats', 'mem_repeats'):
+        args.repeats = 9 if args.layers else 5
+    for name in ('repeats', 'mem_repeats', 'processes'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if any(size < 32 for size in args.sizes):
@@ -55,15 +60,11 @@ def main(argv=None):
     if args.profile and not args.layers:
         parser.error('--profile needs --layers')
     if args.layers:
-        shapes = [(32, 32, 1, 16), (32, 32, 4, 16)] if args.quick else layer_benchmark.SHAPES
-        if args.profile:
-            result = [layer_benchmark.profile_shape(*shape, args.repeats) for shape in shapes]
-            print(layer_benchmark.profile_markdown(result))
-        else:
-            result = layer_benchmark.run(args.repeats, shapes)
-            print(layer_benchmark.markdown(result))
+        shapes = [(32, 32, 1, 16), (32, 32, 4, 16)] if args.quick else layers.SHAPES
+        result = layers.run(args.repeats, shapes, args.processes, args.profile)
+        print((layers.profile_markdown if args.profile else layers.markdown)(result))
     else:
-        from doconv_mm.mm.benchmark import markdown, run
+        from benchmarks.models import markdown, run
         result = run(ROOT, args.sizes, args.repeats, args.mem_repeats, args.quick, args.models,
                      fold=not args.no_fold)
         print(markdown(result))

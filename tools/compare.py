@@ -1,5 +1,5 @@
 """Compare configs over seeds: paired differences of the final metric, their 95% confidence
-interval and the paired t-test p-value, with curves (doconv_mm.mm.compare does the work).
+interval and the paired t-test p-value, with curves (experiments/compare.py does the work).
 
     python tools/compare.py BASELINE_CONFIG CONFIG [CONFIG ...] --seeds 0 1 2 --work-dir DIR
                             [--cfg-options k=v ...] [--metric NAME] [--out PREFIX]
@@ -19,7 +19,8 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from doconv_mm.mm.compare import LAUNCHERS, Comparison, markdown, write_report  # noqa: E402
+from doconv_mm.requirements import check_input, one_line_errors  # noqa: E402
+from experiments.compare import LAUNCHERS, Comparison, markdown, write_report  # noqa: E402
 
 
 def main(argv=None):
@@ -49,10 +50,9 @@ def main(argv=None):
     bad = [kv for kv in args.cfg_options if '=' not in kv]
     if bad:
         parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
-    missing = [c for c in args.configs if not osp.isfile(c)]
-    if missing:
-        parser.error(f'config not found: {", ".join(missing)}')
-    try:
+    with one_line_errors(osp.basename(__file__), ValueError, RuntimeError, KeyError):
+        for config in args.configs:
+            check_input(config, 'config')
         comparison = Comparison(ROOT, [osp.abspath(c) for c in args.configs], args.seeds,
                                 osp.abspath(args.work_dir), args.cfg_options, args.metric,
                                 args.launcher, args.gpus)
@@ -69,8 +69,6 @@ def main(argv=None):
             comparison.train(bar.update)
             print()
         report = comparison.collect()
-    except (ValueError, RuntimeError, KeyError) as err:
-        raise SystemExit(f'compare.py: error: {err}')
     paths = write_report(report, args.out or osp.join(args.work_dir, 'compare'))
     print(markdown(report))
     print('\nwrote ' + ', '.join(paths))

@@ -5,7 +5,7 @@
 Writes the toy dataset, trains the stock baseline and the same network with DO-Conv across the
 whole network (same seed) through tools/train.py, tests both, folds the DO-Conv checkpoint, tests
 the release with stock mmdet/mmseg (doconv_mm unimportable), times inference and prints a table.
-(doconv_mm.mm.demo does the work.)
+(experiments/demo.py does the work.)
 """
 import argparse
 import os.path as osp
@@ -13,7 +13,7 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from doconv_mm.mm.demo import TASKS, run_demo  # noqa: E402
+from experiments.demo import TASKS, run_demo  # noqa: E402
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@
 Writes OUT.pth (``meta`` and the folded ``state_dict`` only) and OUT.py, the deploy config (plain
 convs, stock modules, no custom_imports). By default the DO-Conv and folded models are run on the
 same input first; a relative difference above 1e-4 writes nothing. Files are written to a temporary
-name and renamed into place, never over the input. (doconv_mm.mm.release does the work.)
+name and renamed into place, never over the input. (doconv_mm.mm.release.make_release does the
+work.)
 """
 import argparse
 import os.path as osp
@@ -15,6 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from doconv_mm.requirements import one_line_errors  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,24 +40,13 @@ def parse_args(argv=None):
     return args
 
 
-def fail(error: Exception):
-    print(f'fold_ckpt: error: {error}', file=sys.stderr)
-    raise SystemExit(1)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    from doconv_mm.requirements import MissingPackageError
     start = time.perf_counter()
-    try:
-        from doconv_mm.mm.release import ReleaseError, make_release
-    except MissingPackageError as e:
-        fail(e)
-    try:
+    with one_line_errors(osp.basename(__file__)):
+        from doconv_mm.mm.release import make_release  # needs mmengine: a missing one is one line
         make_release(args.config, args.checkpoint, args.out, force=args.force,
                      verify=not args.no_verify, device=args.device, publish=args.publish)
-    except (ReleaseError, MissingPackageError) as e:
-        fail(e)
     print(f'done in {time.perf_counter() - start:.1f} s')
 
 

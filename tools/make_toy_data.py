@@ -1,4 +1,4 @@
-"""Write a small synthetic dataset in a real on-disk format (see doconv_mm/mm/toy_data.py).
+"""Write a small synthetic dataset in a real on-disk format (see experiments/toy_data.py).
 
     python tools/make_toy_data.py {coco,cityscapes,voc} OUT_DIR [--num-train N] [--num-val N]
 
@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from doconv_mm.mm.toy_data import WRITERS  # noqa: E402
+from experiments.toy_data import WRITERS  # noqa: E402
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """The paper's protocol at toy scale: pretrain a plain backbone, fine-tune stock vs DO-Conv head
-vs DO-Conv all from it over seeds, compare paired by seed (doconv_mm.mm.study does the work).
+vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
                           [--cfg-options k=v ...]
@@ -15,8 +15,9 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from doconv_mm.mm.compare import markdown  # noqa: E402
-from doconv_mm.mm.study import TASKS, run_task  # noqa: E402
+from doconv_mm.requirements import one_line_errors  # noqa: E402
+from experiments.compare import markdown  # noqa: E402
+from experiments.study import TASKS, run_task  # noqa: E402
 
 
 def main(argv=None):
@@ -39,12 +40,10 @@ def main(argv=None):
     start, reports = time.perf_counter(), {}
     for task in args.tasks:
         bar = ProgressBar(len(TASKS[task]['configs']) * len(args.seeds))
-        try:
+        with one_line_errors(osp.basename(__file__), ValueError, RuntimeError):
             reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
                                      args.cfg_options, log=lambda msg: print('\n' + msg),
                                      progress=bar.update)
-        except (ValueError, RuntimeError) as err:
-            raise SystemExit(f'study.py: error: {err}')
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))

@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from doconv_mm.mm.runtime import (build_runner, load_config, setup_distributed,  # noqa: E402
                                   trusted_checkpoints)
-from doconv_mm.requirements import MissingPackageError  # noqa: E402
+from doconv_mm.requirements import check_input, one_line_errors  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 
 
@@ -49,25 +49,23 @@ def enable_show_dir(cfg: Config, show_dir: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint!r} not found')
-    try:
+    with one_line_errors(osp.basename(__file__)):
+        check_input(args.checkpoint, 'checkpoint')
         cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
-    except MissingPackageError as e:
-        raise SystemExit(f'{osp.basename(__file__)}: error: {e}')
-    cfg.load_from = args.checkpoint
-    if args.show_dir:
-        enable_show_dir(cfg, args.show_dir)
-    if args.out and cfg.default_scope == 'mmseg':
-        cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
-    if args.out and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
-        raise SystemExit(f'--out {args.out!r}: mmdet predictions are dumped to a .pkl file')
-    with setup_distributed(cfg, args.launcher), trusted_checkpoints(args.checkpoint):
-        runner = build_runner(cfg)
-        if args.out and cfg.default_scope == 'mmdet':
-            from mmdet.evaluation import DumpDetResults
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        return runner.test()
+        cfg.load_from = args.checkpoint
+        if args.show_dir:
+            enable_show_dir(cfg, args.show_dir)
+        if args.out and cfg.default_scope == 'mmseg':
+            cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+        if args.out and cfg.default_scope == 'mmdet' and \
+                not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit(f'--out {args.out!r}: mmdet predictions are dumped to a .pkl file')
+        with setup_distributed(cfg, args.launcher), trusted_checkpoints(args.checkpoint):
+            runner = build_runner(cfg)
+            if args.out and cfg.default_scope == 'mmdet':
+                from mmdet.evaluation import DumpDetResults
+                runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+            return runner.test()
 
 
 if __name__ == '__main__':

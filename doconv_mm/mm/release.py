@@ -1,37 +1,54 @@
-"""A plain-conv release from a trained DO-Conv checkpoint (``tools/fold_ckpt.py``).
+"""A plain-conv release from a trained DO-Conv checkpoint: fold, verify, deploy config, files.
 
 The release is ``OUT.pth`` (``meta`` and the folded ``state_dict``, tensors and builtins only) and,
-with a config, ``OUT.py``: the deploy config, which stock mmdet/mmseg build without doconv_mm. All
-paths are checked before any work, the outputs are written under temporary names and renamed into
-place at the end (all or nothing), and an input is never overwritten.
+with a config, ``OUT.py``: the deploy config, which stock mmdet/mmseg build without doconv_mm.
+:func:`make_release` is the whole job; in order:
+
+1. the paths are checked before any work, and an input is never overwritten (:func:`check_paths`);
+2. the checkpoint is read and checked against the config's model (:func:`check_fits`);
+3. every DO-Conv layer is folded (:func:`fold_checkpoint`, through :func:`doconv_mm.fold_model`;
+   without a config, by state-dict key: :func:`fold_state_dict_by_key`), and the DO-Conv and the
+   folded model are run on the same input (:func:`probe`) and compared;
+4. the deploy config is derived (:func:`deploy_config`), and the files are written under temporary
+   names and renamed into place at the end, all or nothing (:func:`write_files`).
 """
+import copy
 import hashlib
 import os
 import os.path as osp
 import tempfile
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS, DefaultScope
+from mmengine.utils import import_modules_from_strings
 
-from .deploy import deploy_config
-from .fold_checkpoint import CheckpointMismatch, fold_checkpoint, fold_state_dict_by_key
-from .runtime import read_config
+from ..core import count_do_convs, do_conv_kernel, fold_model
+from ..requirements import UsageError, check_input
+from .runtime import config_dicts, read_config
 
 TOLERANCE = 1e-4  # largest relative difference between the DO-Conv and the folded model's outputs
+# plugin module types -> the stock types they stand in for (same parameters once folded)
+STOCK_TYPES = {'ConvCfgRPNHead': 'RPNHead'}
 
 
-class ReleaseError(ValueError):
+class ReleaseError(UsageError):
     """A release cannot be made from these inputs; nothing was written."""
+
+
+class CheckpointMismatch(ReleaseError):
+    """The checkpoint's keys or shapes do not fit the model the config builds."""
 
 
 def check_paths(config: Optional[str], checkpoint: str, out: str, force: bool) -> Optional[str]:
     """Validate the paths before any work; returns the deploy config's path (None: no config)."""
-    if config is not None and not osp.isfile(config):
-        raise ReleaseError(f'CONFIG {config!r} not found')
-    if not osp.isfile(checkpoint):
-        raise ReleaseError(f'CHECKPOINT {checkpoint!r} not found')
-    if not os.access(checkpoint, os.R_OK):
-        raise ReleaseError(f'CHECKPOINT {checkpoint!r} is not readable')
+    if config is not None:
+        check_input(config, 'CONFIG')
+    check_input(checkpoint, 'CHECKPOINT')
     if not out.endswith('.pth'):
         raise ReleaseError(f'OUT.pth {out!r} must end with .pth (the deploy config is written '
                            f'beside it as .py)')
@@ -58,6 +75,136 @@ def read_checkpoint(path: str) -> dict:
         raise ReleaseError(f'CHECKPOINT {path!r} holds no state dict (expected a dict of tensors, '
                            f'or an mmengine checkpoint with "state_dict")')
     return checkpoint
+
+
+@dataclass
+class FoldReport:
+    layers: int  # DO-Conv layers folded
+    params_before: int
+    params_after: int
+    rel_diff: float  # max |DO-Conv - folded| / max |DO-Conv| over the outputs; nan if not verified
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The config's model in its scope, on CPU, without weight initialisation (no downloads)."""
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        model = MODELS.build(cfg.model)
+    return revert_sync_batchnorm(model)  # SyncBN is for multi-GPU runs; same parameters
+
+
+def check_fits(model: nn.Module, state_dict: Dict[str, torch.Tensor], shown: int = 5) -> None:
+    """Raise :class:`CheckpointMismatch` naming the first ``shown`` keys that do not fit."""
+    own = model.state_dict()
+    shapes = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}'
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    unexpected = [k for k in state_dict if k not in own]
+    # a plain conv's weights are a complete DO-Conv state (D = 0): D may be absent
+    missing = [k for k in own if k not in state_dict and not k.endswith(('.D', '.W_extra'))]
+    problems = []
+    for what, keys in (('shape mismatches', shapes), ('keys missing from the checkpoint', missing),
+                       ('unexpected keys in the checkpoint', unexpected)):
+        if keys:
+            more = f' (and {len(keys) - shown} more)' if len(keys) > shown else ''
+            problems.append(f'{len(keys)} {what}{more}:\n  ' + '\n  '.join(keys[:shown]))
+    if problems:
+        raise CheckpointMismatch('the checkpoint does not fit the config\'s model:\n'
+                                 + '\n'.join(problems))
+
+
+def _tensors(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def probe(model: nn.Module, cfg: Config, size: int) -> List[torch.Tensor]:
+    """The model's raw outputs on a fixed random image, as continuous functions of the weights.
+
+    Detectors' proposals come out of NMS, which a difference in the last bit can flip; so a
+    detector is probed on its features, its dense heads and its RoI head on fixed boxes.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=g)
+    with torch.no_grad():
+        if cfg.get('default_scope') != 'mmdet':
+            return _tensors(model(x, None, mode='tensor'))
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        feats = model.extract_feat(x)
+        outs = _tensors(feats)
+        for name in ('rpn_head', 'bbox_head'):
+            if getattr(model, name, None) is not None:
+                outs += _tensors(getattr(model, name)(feats))
+        if getattr(model, 'roi_head', None) is not None:
+            corners = torch.rand(64, 2, 2, generator=g).sort(dim=1).values * size
+            boxes = corners.flatten(1)  # (x1, y1, x2, y2): each corner sorted per coordinate
+            shape = (size, size)
+            sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape,
+                                                 pad_shape=shape, scale_factor=(1.0, 1.0)))
+            outs += _tensors(model.roi_head.forward(feats, [InstanceData(bboxes=boxes)],
+                                                    [sample]))
+        return outs
+
+
+def fold_checkpoint(cfg: Config, state_dict: Dict[str, torch.Tensor], verify: bool = True,
+                    size: int = 256, device: str = 'cpu'):
+    """Fold ``state_dict`` (trained with ``cfg``) into the plain network's state dict.
+
+    Returns ``(folded_state_dict, FoldReport)``. With ``verify``, the DO-Conv and folded models
+    are run on the same input and the outputs' relative difference is reported.
+    """
+    model = build_model(cfg).to(device).eval()
+    check_fits(model, state_dict)
+    model.load_state_dict(state_dict, strict=False)
+    before = probe(model, cfg, size) if verify else None
+    layers, params_before = count_do_convs(model), sum(p.numel() for p in model.parameters())
+    fold_model(model)
+    rel = float('nan')
+    if verify:
+        after = probe(model, cfg, size)
+        ref = max(t.abs().max().item() for t in before)
+        rel = max((a - b).abs().max().item() for a, b in zip(before, after)) / max(ref, 1e-12)
+    folded = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return folded, FoldReport(layers, params_before, sum(p.numel() for p in model.parameters()),
+                              rel)
+
+
+def fold_state_dict_by_key(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Fold without a config: every ``X.weight`` with an ``X.D`` beside it is composed by key.
+
+    For checkpoints whose model cannot be built. Groups are read off the shapes
+    (``C_in / weight.shape[1]``).
+    """
+    out = copy.copy(state_dict)
+    for key in [k for k in state_dict if k.endswith('.D')]:
+        prefix = key[:-len('D')]
+        weight, D = state_dict[prefix + 'weight'], state_dict[key]
+        W_extra = state_dict.get(prefix + 'W_extra')
+        K = do_conv_kernel(weight.double(), D.double(),
+                           None if W_extra is None else W_extra.double())
+        out[prefix + 'weight'] = K.to(weight.dtype)
+        del out[key]
+        out.pop(prefix + 'W_extra', None)
+    return out
+
+
+def deploy_config(cfg: Config) -> Config:
+    """``cfg`` with every ``conv_cfg=dict(type='DOConv', ...)`` removed (plain convs), plugin module
+    types replaced by their stock types, and no ``custom_imports``."""
+    cfg_dict = copy.deepcopy(cfg.to_dict())
+    cfg_dict.pop('custom_imports', None)
+    for node in config_dicts(cfg_dict):
+        if isinstance(node.get('conv_cfg'), dict) and node['conv_cfg'].get('type') == 'DOConv':
+            del node['conv_cfg']
+        if node.get('type') in STOCK_TYPES:
+            node['type'] = STOCK_TYPES[node['type']]
+    return Config(cfg_dict)
 
 
 def sha256(path: str) -> str:
@@ -112,7 +259,9 @@ def make_release(config: Optional[str], checkpoint: str, out: str, *, force: boo
                  verify: bool = True, device: str = 'cpu', publish: bool = False,
                  log: Callable[[str], None] = print) -> List[str]:
     """Fold ``checkpoint`` (trained with ``config``; None: fold by state-dict key, unverified) and
-    write the release; returns the paths written. Raises :class:`ReleaseError`, writing nothing."""
+    write the release; returns the paths written. Raises
+    :class:`~doconv_mm.requirements.UsageError` (:class:`ReleaseError` where these inputs make no
+    release), writing nothing."""
     deploy_path = check_paths(config, checkpoint, out, force)
     ckpt = read_checkpoint(checkpoint)
     state_dict = ckpt.get('state_dict', ckpt)

@@ -1,5 +1,8 @@
-"""What tools/train.py and tools/test.py add around mmengine's Runner, for mmdet and mmseg configs.
+"""What the project's train and test commands add around mmengine's Runner, for mmdet and mmseg
+configs.
 
+* Usage errors: a config or checkpoint that is missing or cannot be read, or ``--amp`` without
+  a GPU, raises :class:`~doconv_mm.requirements.UsageError` naming the argument and what is wrong.
 * Trusted checkpoints: since torch 2.6, ``torch.load`` defaults to ``weights_only=True``, and
   mmengine 0.10.7 cannot read its own checkpoints back (``--resume``, ``load_from``, testing).
   :func:`trusted_checkpoints` reads the files the user named in full, and only those.
@@ -11,20 +14,37 @@
 import contextlib
 import os
 import os.path as osp
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
 
-from ..requirements import available, require
-from .config_tree import config_dicts
+from ..requirements import UsageError, available, check_input, require
 
 # config scopes -> the module and the distribution that provide them
 SCOPES = {'mmdet': 'mmdet', 'mmseg': 'mmsegmentation'}
+
+
+def config_dicts(node: Any) -> Iterator[dict]:
+    """Every dict in ``node`` (a config or any part of one), each before those inside it.
+
+    A dict's children are read when the walk moves on from it, so the caller may change the dict
+    it was given (a key removed is then not walked into).
+    """
+    if isinstance(node, dict):
+        yield node
+        children = list(node.values())
+    elif isinstance(node, (list, tuple)):
+        children = node
+    else:
+        return
+    for child in children:
+        yield from config_dicts(child)
 
 
 @contextlib.contextmanager
@@ -44,9 +64,12 @@ def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
         path = osp.realpath(osp.expanduser(filename))
         if not any(path == t or path.startswith(t + os.sep) for t in trusted):
             return stock(filename, map_location)
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(path, map_location=map_location, weights_only=False)
+        check_input(filename, 'checkpoint')
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:  # truncated, corrupt, not a torch file
+            raise UsageError(f'cannot read checkpoint {filename!r} ({type(e).__name__}: {e}); '
+                             f'is it a complete checkpoint file?') from e
 
     CheckpointLoader.register_scheme('', load_local, force=True)
     try:
@@ -64,7 +87,7 @@ def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
         yield
         return
     if launcher != 'pytorch':
-        raise SystemExit(f'--launcher {launcher} without a GPU is not supported; '
+        raise UsageError(f'--launcher {launcher} without a GPU is not supported; '
                          f'use --launcher pytorch (torchrun) for CPU runs')
     started = not dist.is_initialized()
     if started:
@@ -89,8 +112,10 @@ def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
 
 
 def read_config(path: str) -> Config:
-    """``Config.fromfile(path)``; a config that needs mmdet or mmseg where it is not installed
-    raises :class:`~doconv_mm.requirements.MissingPackageError` naming what to install."""
+    """``Config.fromfile(path)``. A missing or unparsable file raises
+    :class:`~doconv_mm.requirements.UsageError`; a config that needs mmdet or mmseg where it is not
+    installed raises :class:`~doconv_mm.requirements.MissingPackageError` naming what to install."""
+    check_input(path, 'config')
     try:
         cfg = Config.fromfile(path)
     except ModuleNotFoundError as e:  # mmengine: '<distribution> is not installed, ...'
@@ -98,10 +123,24 @@ def read_config(path: str) -> Config:
             if f'{distribution} is not installed' in str(e) and not available(scope):
                 require(scope, f'{path} (a {scope} config)')
         raise
+    except (SyntaxError, UnicodeDecodeError) as e:
+        raise UsageError(f'cannot read config {path!r} ({type(e).__name__}: {e})') from e
     scope = cfg.get('default_scope')
     if scope in SCOPES:
         require(scope, f'{path} (a {scope} config)')
     return cfg
+
+
+def enable_amp(cfg: Config) -> None:
+    """Train with mmengine's ``AmpOptimWrapper`` (float16 autocast, dynamic loss scaling). It
+    asserts a GPU (or NPU, MLU, MUSA) when the runner builds it; without one, this raises
+    :class:`~doconv_mm.requirements.UsageError` before any work."""
+    if not (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available()):
+        raise UsageError('--amp: mmengine\'s AmpOptimWrapper trains on a GPU (or NPU, MLU, MUSA) '
+                         'only, and this machine has none; train without --amp')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
 
 
 def load_config(path: str, launcher: str, cfg_options: Optional[dict] = None,

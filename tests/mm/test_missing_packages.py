@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from doconv_mm.mm.toy_data import write_cityscapes, write_coco
-from mm_helpers import ROOT
+from experiments.toy_data import write_cityscapes, write_coco
+from tool_helpers import ROOT
 
 OPENMMLAB = 'mmengine,mmcv,mmdet,mmseg'
 DET_CFG = osp.join(ROOT, 'configs/faster_rcnn/faster-rcnn_r50_fpn_doconv-head_1x_coco.py')
@@ -61,13 +61,27 @@ def test_torch_only_offers_the_layer_and_fold():
     assert 'pip install "doconv_mm[mm]"' in out
 
 
+def test_experiments_standard_library_and_numpy_modules_import_without_openmmlab():
+    """The seed comparison's statistics (standard library) and the toy datasets (numpy, OpenCV,
+    Pillow) live apart from the OpenMMLab integration, so neither needs mmengine."""
+    check(OPENMMLAB, """
+        import sys
+        from experiments.paired_stats import paired
+        from experiments.toy_data import WRITERS
+        assert paired([1.0, 2.0], [0.0, 0.5])['mean'] == 1.25 and set(WRITERS) >= {'coco'}
+        assert not [m for m in sys.modules if m.split('.')[0] in
+                    ('mmengine', 'mmcv', 'mmdet', 'mmseg') and sys.modules[m] is not None]
+        assert not [m for m in sys.modules if m.startswith('doconv_mm.mm')]
+        """)
+
+
 def test_mmseg_without_mmdet_registers_doconv_and_builds_segmentors():
     out = check('mmdet', f"""
         import sys
         import doconv_mm
         from mmengine.registry import MODELS
         from doconv_mm import DOConv2d, count_do_convs
-        from doconv_mm.mm.fold_checkpoint import build_model
+        from doconv_mm.mm.release import build_model
         from doconv_mm.mm.runtime import read_config
         from doconv_mm.requirements import MissingPackageError
         assert MODELS.get('DOConv') is DOConv2d

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from doconv_mm.mm.compare import read_logs, train_command
-from doconv_mm.mm.paired_stats import paired
-from doconv_mm.mm.toy_data import write_coco
-from mm_helpers import ROOT
+from experiments.compare import read_logs, train_command
+from experiments.paired_stats import paired
+from experiments.toy_data import write_coco
+from tool_helpers import ROOT
 
 CONFIGS = [osp.join(ROOT, 'configs/demo', name) for name in
            ('faster-rcnn_r18_fpn_toy-coco.py', 'faster-rcnn_r18_fpn_doconv-all_toy-coco.py')]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from doconv_mm.mm.paired_stats import betainc, paired, t_quantile, t_two_sided_p
+from experiments.paired_stats import betainc, paired, t_quantile, t_two_sided_p
 
 
 def closed_form_p(t, df):

@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 import torch
 
-from doconv_mm.mm.study import TASKS, backbone_checkpoint, data_options
+from experiments.study import TASKS, backbone_checkpoint, data_options
 from mm_helpers import ROOT
 
 

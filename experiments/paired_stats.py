@@ -1,6 +1,7 @@
 """Paired comparison of two configs over seeds: mean difference, its 95% confidence interval and
 the two-sided paired t-test p-value, exact through the regularized incomplete beta function
-(no scipy needed; ``tests/mm/test_compare.py`` checks it against scipy and a worked example)."""
+(no scipy needed; ``tests/experiments/test_paired_stats.py`` checks it against scipy and a worked
+example). Standard library only."""
 import math
 import statistics
 from typing import Dict, Optional, Sequence

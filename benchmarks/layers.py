@@ -1,10 +1,13 @@
-"""DO-Conv layers against ``nn.Conv2d`` and against the naive composition, side by side in one
-process (``tools/benchmark.py --layers``); needs torch only.
+"""DO-Conv layers against ``nn.Conv2d`` and against the naive composition, side by side
+(``tools/benchmark.py --layers``); needs torch only.
 
 The naive layer is the simplest DO-Conv a user could write, as the DO-Conv authors' PyTorch layer
 does it: the kernel composed by one einsum on every forward (in evaluation too), autograd keeping
 that kernel for the backward pass. It shares the DOConv2d's parameters, so all three compute the
-same thing. Every figure is the median of alternating runs (stock, ours, naive in turn).
+same thing. In each of several fresh processes every figure is the median of alternating runs
+(stock, ours, naive in turn); the figure reported is the median over the processes, with the
+range over them (a process's allocator and thread placement move some figures by more than the
+runs within one process vary).
 
 Memory is what a training forward leaves saved for its backward pass beyond the input and the
 parameters (which every variant keeps), counted by ``saved_tensors_hooks``: 0 for ``nn.Conv2d``.
@@ -20,35 +23,22 @@ import functools
 import platform
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import DOConv2d, _ext
-from .core.do_conv import _compose, _compose_grads
+from doconv_mm.core import DOConv2d, _ext
+from doconv_mm.core.compose import compose, compose_grads
+from .timing import alternate, in_fresh_process, median_over, range_over
 
 # (in, out, groups, feature size): ResNet 3x3 convs per stage, DeepLabv3's ASPP (2048 -> 512),
 # a ResNeXt grouped conv and a depthwise one
 SHAPES = [(64, 64, 1, 64), (256, 256, 1, 16), (512, 512, 1, 8), (2048, 512, 1, 32),
           (256, 256, 32, 16), (256, 256, 256, 32)]
 BATCH = 2
-
-
-def alternate(fns: Sequence[Callable], repeats: int, warmup: int = 1) -> List[float]:
-    """Median seconds of each function, called in turn ``repeats`` times after ``warmup``."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def naive_kernel(weight: Tensor, D: Tensor, W_extra: Optional[Tensor] = None) -> Tensor:
@@ -156,10 +146,10 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
     G, grad_buf = torch.randn_like(w), torch.empty_like(w)
 
     def ours_step():  # what a training step of ours composes: K twice, then the gradients
-        _compose(w, D, None, transient=True)
-        _compose(w, D, None, transient=True)
+        compose(w, D, None, transient=True)
+        compose(w, D, None, transient=True)
         grad_buf.copy_(G)  # dL/dK as convolution_backward hands it over, fresh each step
-        _compose_grads(grad_buf, w, D, None, (True, True, False), reuse_grad=True)
+        compose_grads(grad_buf, w, D, None, (True, True, False), reuse_grad=True)
 
     w_leaf, D_leaf = w.detach().requires_grad_(), D.detach().requires_grad_()
 
@@ -167,7 +157,7 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
         naive_kernel(w_leaf, D_leaf).backward(G)
 
     with torch.no_grad():
-        comp = alternate([lambda: _compose(w, D, None, transient=True),
+        comp = alternate([lambda: compose(w, D, None, transient=True),
                           lambda: naive_kernel(w, D), lambda: grad_buf.copy_(w)], repeats)
     comp_step = alternate([ours_step, naive_step], repeats)
     flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
@@ -232,46 +222,87 @@ def profile_shape(c_in: int, c_out: int, groups: int, size: int, steps: int) -> 
     return row
 
 
-def profile_markdown(rows: Sequence[dict]) -> str:
-    lines = ['| layer | step ms: stock / ours | convolution fwd ms: stock / ours | convolution bwd '
+def _machine() -> str:
+    return (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
+            f'torch {torch.__version__}')
+
+
+def measure(repeats: int, shapes: Sequence[tuple]) -> dict:
+    """One process's figures for every shape (see :func:`run`)."""
+    gflops = matmul_gflops(repeats)
+    return dict(machine=_machine(), matmul_gflops=gflops, repeats=repeats,
+                layers=[bench_shape(*shape, repeats, gflops) for shape in shapes])
+
+
+def measure_profile(repeats: int, shapes: Sequence[tuple]) -> dict:
+    """One process's step profile for every shape (see :func:`run`)."""
+    return dict(machine=_machine(), repeats=repeats,
+                layers=[profile_shape(*shape, repeats) for shape in shapes])
+
+
+def run(repeats: int = 9, shapes=SHAPES, processes: int = 5, profile: bool = False) -> dict:
+    """Every shape's figures (``profile``: where a training step's time goes), measured in
+    ``processes`` fresh processes one after the other: each figure is the median over the
+    processes of each process's median; ``spread`` holds each figure's ``[lowest, highest]`` over
+    the processes, and ``per_process`` every process's own figures."""
+    if processes < 1:
+        raise ValueError(f'processes={processes}: need at least one')
+    fn = measure_profile if profile else measure
+    per_process = [in_fresh_process(fn, repeats, list(shapes)) for _ in range(processes)]
+    result = median_over(per_process)
+    result.update(repeats=repeats, processes=processes, spread=range_over(per_process),
+                  per_process=per_process)
+    return result
+
+
+def _fig(value: float, spread, digits: int = 2) -> str:
+    """``value`` with its range over processes, where there were several."""
+    text, low, high = (f'{x:.{digits}f}' for x in (value, *spread))
+    return text if low == high else f'{text} ({low}-{high})'
+
+
+def _header(result: dict) -> str:
+    return (f"medians over {result['processes']} fresh processes of each process's median of "
+            f"{result['repeats']} alternating runs, (lowest-highest) over the processes")
+
+
+def profile_markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}; {_header(result)}.", '',
+             '| layer | step ms: stock / ours | convolution fwd ms: stock / ours | convolution bwd '
              'ms: stock / ours | ours: composition ms x calls per step | ours: gradient sweep ms |',
              '| --- | --- | --- | --- | --- | --- |']
-    for r in rows:
-        comp = (f"{r['compose_ms']:.2f} x {r['compose_calls']:.0f} | {r['grads_ms']:.2f}"
-                if 'compose_ms' in r else 'not compiled | not compiled')
-        lines.append(f"| {r['shape']} | {r['step_ms'][0]:.2f} / {r['step_ms'][1]:.2f} | "
-                     f"{r['stock_conv_ms'][0]:.2f} / {r['ours_conv_ms'][0]:.2f} | "
-                     f"{r['stock_conv_ms'][1]:.2f} / {r['ours_conv_ms'][1]:.2f} | {comp} |")
+    for r, s in zip(result['layers'], result['spread']['layers']):
+        comp = (f"{_fig(r['compose_ms'], s['compose_ms'])} x {r['compose_calls']:.0f} | "
+                f"{_fig(r['grads_ms'], s['grads_ms'])}" if 'compose_ms' in r
+                else 'not compiled | not compiled')
+        step = ' / '.join(_fig(r['step_ms'][k], s['step_ms'][k]) for k in (0, 1))
+        conv = [' / '.join(_fig(r[f'{who}_conv_ms'][k], s[f'{who}_conv_ms'][k])
+                           for who in ('stock', 'ours')) for k in (0, 1)]
+        lines.append(f"| {r['shape']} | {step} | {conv[0]} | {conv[1]} | {comp} |")
     return '\n'.join(lines)
-
-
-def run(repeats: int = 15, shapes=SHAPES) -> dict:
-    """Every shape's figures; the result as :func:`markdown` prints it."""
-    gflops = matmul_gflops(repeats)
-    return dict(machine=f'{platform.processor() or platform.machine()}, '
-                        f'{torch.get_num_threads()} threads, torch {torch.__version__}',
-                matmul_gflops=gflops, repeats=repeats,
-                layers=[bench_shape(*shape, repeats, gflops) for shape in shapes])
 
 
 def markdown(result: dict) -> str:
     names = VARIANTS[1:]
     lines = [f"Machine: {result['machine']}; float32 matmul {result['matmul_gflops']:.0f} GFLOP/s; "
-             f"medians of {result['repeats']} alternating runs; batch {BATCH}, 3x3, D_mul = 9, "
-             'input with gradient.', '',
+             f"{_header(result)}; batch {BATCH}, 3x3, D_mul = 9, input with gradient.", '',
              '| layer | | stock | ' + ' | '.join(f'{n} ÷ stock' for n in names) + ' |',
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
-    for r in result['layers']:
+    for r, s in zip(result['layers'], result['spread']['layers']):
         for what, label in (('train', 'fwd+bwd'), ('fwd', 'training fwd'),
                             ('eval', 'eval, eval() each call')):
-            lines.append(f"| {r['shape']} | {label} | {r[f'stock_{what}_ms']:.2f} ms | "
-                         + ' | '.join(f'{r[what][n]:.2f}' for n in names) + ' |')
+            key = f'stock_{what}_ms'
+            lines.append(f"| {r['shape']} | {label} | {_fig(r[key], s[key])} ms | "
+                         + ' | '.join(_fig(r[what][n], s[what][n]) for n in names) + ' |')
     lines += ['', '| layer | composition, forward ms: ours / naive / floor | composition, training '
               'step ms: ours / naive / floor | saved for backward MB: ' + ' / '.join(VARIANTS)
               + ' |',
               '| --- | --- | --- | --- |']
-    for r in result['layers']:
-        lines.append(f"| {r['shape']} | " + ' / '.join(f'{t:.2f}' for t in r['compose_ms'])
-                     + ' | ' + ' / '.join(f'{t:.2f}' for t in r['compose_step_ms']) + ' | '
-                     + ' / '.join(f"{r['saved_mb'][n]:.1f}" for n in VARIANTS) + ' |')
+    for r, s in zip(result['layers'], result['spread']['layers']):
+        lines.append(f"| {r['shape']} | "
+                     + ' / '.join(_fig(t, lh) for t, lh in zip(r['compose_ms'], s['compose_ms']))
+                     + ' | ' + ' / '.join(_fig(t, lh) for t, lh in zip(r['compose_step_ms'],
+                                                                       s['compose_step_ms']))
+                     + ' | ' + ' / '.join(_fig(r['saved_mb'][n], s['saved_mb'][n], 1)
+                                          for n in VARIANTS) + ' |')
     return '\n'.join(lines)

@@ -1,15 +1,11 @@
 """The toy datasets are read by the real mmdet/mmseg dataset classes with the right contents."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from doconv_mm.mm.toy_data import (CITYSCAPES_REGIONS, CITYSCAPES_SHAPES, COCO_CLASSES, VOC_SHAPES,
-                                   write_cityscapes, write_coco, write_voc)
-from mm_helpers import ROOT
+from experiments.toy_data import (CITYSCAPES_REGIONS, CITYSCAPES_SHAPES, COCO_CLASSES, VOC_SHAPES,
+                                  write_cityscapes, write_coco, write_voc)
 
 SEG_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
 
@@ -82,14 +78,3 @@ def test_deterministic_from_seed(tmp_path):
         write_coco(str(tmp_path / name), n_train=2, n_val=1, seed=seed)
     read = lambda name: (tmp_path / name / 'annotations' / 'instances_train2017.json').read_text()  # noqa
     assert read('a') == read('b') != read('c')
-
-
-def test_make_toy_data_keeps_existing_and_leaves_no_partial_folder(tmp_path):
-    tool = [sys.executable, os.path.join(ROOT, 'tools', 'make_toy_data.py')]
-    out = tmp_path / 'voc'
-    subprocess.run(tool + ['voc', str(out), '--num-train', '2', '--num-val', '1'], check=True)
-    assert len(os.listdir(out / 'JPEGImages')) == 3
-    (out / 'marker').write_text('mine')
-    proc = subprocess.run(tool + ['voc', str(out)], capture_output=True, text=True, check=True)
-    assert 'kept as it is' in proc.stdout and (out / 'marker').read_text() == 'mine'
-    assert sorted(os.listdir(tmp_path)) == ['voc']

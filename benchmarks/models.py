@@ -1,9 +1,8 @@
-"""DO-Conv's cost against plain convolutions, measured side by side in one process
-(``tools/benchmark.py``, ``make bench``).
+"""DO-Conv's cost in whole models against plain convolutions, measured side by side in one
+process (``tools/benchmark.py``, ``make bench``; layers alone: :mod:`benchmarks.layers`).
 
 Every comparison alternates the two models run by run, so machine drift cancels, and reports
 medians and the ratio DO-Conv / stock:
-(layers alone: :mod:`doconv_mm.layer_benchmark`)
 1. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
    DO-Conv across the whole network vs stock, per input size, and the peak memory of training
    (the median over fresh child processes of the peak RSS over two steps);
@@ -12,7 +11,6 @@ medians and the ratio DO-Conv / stock:
 3. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
 The models are this project's configs, so ``root`` is a checkout of it.
 """
-import multiprocessing as mp
 import os
 import os.path as osp
 import platform
@@ -28,10 +26,9 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from ..core import DOConv2d, fold_model
-from ..layer_benchmark import alternate
-from .deploy import deploy_config
-from .fold_checkpoint import build_model
+from doconv_mm import DOConv2d, fold_model
+from doconv_mm.mm.release import build_model, deploy_config
+from .timing import alternate, in_fresh_process
 
 MODELS = {
     'Faster R-CNN R50-FPN':
@@ -96,14 +93,16 @@ def infer_fn(model, package, size):
     return infer
 
 
-def _peak_memory_child(package, config, doconv, size, queue):
+def peak_memory(package, config, doconv, size):
+    """Peak RSS (bytes) of this process after building the model and running two training steps
+    (run it in a fresh process: :func:`median_peak_memory`)."""
     warnings.simplefilter('ignore')  # the model builders' deprecation notes, once per probe
     torch.set_num_threads(int(os.environ.get('BENCH_THREADS', torch.get_num_threads())))
     model, _ = build(package, config, doconv)
     step = train_step_fn(model, package, size)
     step()
     step()  # the second step holds the optimizer's momentum too: the steady state
-    queue.put(_peak_rss())
+    return _peak_rss()
 
 
 def _peak_rss() -> int:
@@ -119,25 +118,13 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_memory(package, config, doconv, size):
-    """Peak RSS (bytes) of a fresh process that builds the model and runs two training steps."""
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_memory_child, args=(package, config, doconv, size, queue))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f'the memory probe for {config} at {size} px failed '
-                           f'(exit {proc.exitcode})')
-    return queue.get(timeout=10)
-
-
 def median_peak_memory(package, config, size, repeats):
-    """Median peak RSS of the stock and the DO-Conv model, their probes alternated."""
+    """Median peak RSS of the stock and the DO-Conv model, each probe a fresh process, their probes
+    alternated."""
     peaks = [[], []]
     for _ in range(repeats):
         for k, doconv in enumerate((False, True)):
-            peaks[k].append(peak_memory(package, config, doconv, size))
+            peaks[k].append(in_fresh_process(peak_memory, package, config, doconv, size))
     return [statistics.median(p) for p in peaks]
 
 

@@ -14,7 +14,6 @@ It drives this checkout's command-line tools as a user would (``root`` is the ch
    val images and the training loss curves as PNGs.
 """
 import glob
-import json
 import os.path as osp
 import re
 import statistics
@@ -26,7 +25,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from .runtime import trusted_checkpoints
+from doconv_mm.mm.runtime import trusted_checkpoints
+from .compare import read_logs
 
 TASKS = {
     'det': dict(data=('coco', 'data/toy_coco'), package='mmdet', metric='coco/bbox_mAP',
@@ -81,14 +81,7 @@ def last_checkpoint(work_dir):
 
 def loss_curve(work_dir):
     """(iteration, loss) pairs from the run's mmengine scalars log."""
-    (path, ) = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1:]
-    points = []
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if 'loss' in record:
-                points.append((record.get('iter', record.get('step')), record['loss']))
-    return points
+    return sorted((i, r['loss']) for i, r in read_logs(work_dir)['train'].items())
 
 
 def plot_losses(curves, path):
