@@ -20,15 +20,14 @@ from ._compat import is_compiling
 
 
 def _grouped(weight: Tensor, D: Tensor, W_extra: Optional[Tensor]):
-    """``W`` as (groups, C_in/groups, C_out/groups, D_mul) and ``D`` as (groups, C_in/groups, MN,
-    D_mul): one small matrix product per global input channel."""
+    """``W`` as (groups, C_out/groups, C_in/groups, D_mul) and ``D`` as (groups, C_in/groups, MN,
+    D_mul), so that ``D`` pairs with each group's global input channels."""
     c_out, c_in_g, mn = weight.shape[0], weight.shape[1], D.shape[1]
     W = weight.reshape(c_out, c_in_g, mn)
     if W_extra is not None:
         W = torch.cat([W, W_extra], 2)
     groups = D.shape[0] // c_in_g
-    return W.view(groups, c_out // groups, c_in_g, -1).transpose(1, 2), \
-        D.view(groups, c_in_g, mn, -1)
+    return W.view(groups, c_out // groups, c_in_g, -1), D.view(groups, c_in_g, mn, -1)
 
 
 def compose_ref(weight: Tensor, D: Tensor, W_extra: Optional[Tensor] = None) -> Tensor:
@@ -36,25 +35,24 @@ def compose_ref(weight: Tensor, D: Tensor, W_extra: Optional[Tensor] = None) -> 
     them); ``weight``: (C_out, C_in/groups, M, N), ``D``: (C_in, MN, D_mul), ``W_extra``:
     (C_out, C_in/groups, D_mul - MN) or None."""
     W, Dg = _grouped(weight, D, W_extra)
-    WD = torch.matmul(W, Dg.transpose(2, 3))  # (groups, C_in/groups, C_out/groups, MN)
-    return weight + WD.transpose(1, 2).reshape(weight.shape)
+    return weight + torch.einsum('gois,gims->goim', W, Dg).reshape(weight.shape)
 
 
 def compose_grads_ref(grad_K: Tensor, weight: Tensor, D: Tensor, W_extra: Optional[Tensor],
                       needs: Sequence[bool]) -> List[Optional[Tensor]]:
     """The gradients of ``weight``, ``D``, ``W_extra`` (where ``needs`` says) from ``dL/dK``."""
     W, Dg = _grouped(weight, D, W_extra)
-    (groups, c_in_g, c_out_g), mn = W.shape[:3], D.shape[1]
-    G = grad_K.reshape(groups, c_out_g, c_in_g, mn).transpose(1, 2)  # as W, MN columns
+    mn = D.shape[1]
+    G = grad_K.reshape(W.shape[:3] + (mn, ))
     g_weight = g_D = g_extra = None
     if needs[0] or (W_extra is not None and needs[2]):
-        GD = torch.matmul(G, Dg).transpose(1, 2).reshape(weight.shape[0], weight.shape[1], -1)
+        GD = torch.einsum('goim,gims->gois', G, Dg).reshape(weight.shape[0], weight.shape[1], -1)
         if needs[0]:
             g_weight = grad_K + GD[..., :mn].reshape(weight.shape)
         if W_extra is not None and needs[2]:
             g_extra = GD[..., mn:].contiguous()
     if needs[1]:
-        g_D = torch.matmul(G.transpose(2, 3), W).reshape(D.shape)
+        g_D = torch.einsum('goim,gois->gims', G, W).reshape(D.shape)
     return [g_weight, g_D, g_extra]
 
 

@@ -126,8 +126,7 @@ void grads_blocks(const T* Gk, const T* w, const T* we, const T* D, T* gw, T* ge
 // one channel at a time, its (D + I) rows (and dD rows) in registers, down a chunk of kRows output
 // rows; the chunk's cache lines stay in L1 for the tile's next channels. Output rows lie
 // C_in/groups * MN floats apart, too far for the hardware prefetcher, so the chunk's first channel
-// prefetches kAhead rows ahead. (512 channels, in a training step: composition 0.9 -> 0.6 ms,
-// gradients 2.1 -> 0.9 ms against a row-wise sweep.)
+// prefetches kAhead rows ahead.
 namespace avx512 {
 
 constexpr int64_t kTile = 8;
