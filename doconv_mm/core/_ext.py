@@ -41,10 +41,14 @@ def cpu_features() -> str:
     return ''
 
 
+def _flags(features: str):
+    """Tuned to the CPU where its features are known, else portable."""
+    return _FLAGS if features else [f for f in _FLAGS if not f.startswith('-march')]
+
+
 def build_name(features: str) -> str:
     """The extension's name (and so its cache folder) for a CPU with ``features``."""
-    flags = _FLAGS if features else [f for f in _FLAGS if not f.startswith('-march')]
-    digest = hashlib.sha256(' '.join([features] + flags).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(' '.join([features] + _flags(features)).encode()).hexdigest()[:16]
     return f'doconv_mm_compose_{digest}'
 
 
@@ -70,7 +74,6 @@ def _build(verbose):
         from torch.utils import cpp_extension
         features = cpu_features()
         name = build_name(features)
-        flags = _FLAGS if features else [f for f in _FLAGS if not f.startswith('-march')]
         built = osp.join(cpp_extension._get_build_directory(name, False), name + '.so')
         if not osp.exists(built):
             _logger.info("compiling DO-Conv's CPU composition, once for this kind of CPU "
@@ -78,7 +81,7 @@ def _build(verbose):
         # the build runs ninja by name: the interpreter's own folder (a venv's ninja) joins PATH
         # for the build only
         os.environ['PATH'] = osp.dirname(sys.executable) + os.pathsep + (path or '')
-        module = cpp_extension.load(name, [_SOURCE], verbose=verbose, extra_cflags=flags,
+        module = cpp_extension.load(name, [_SOURCE], verbose=verbose, extra_cflags=_flags(features),
                                     extra_ldflags=['-fopenmp'])
         return module, None
     except Exception as err:  # no compiler or ninja, a failed build or load: PyTorch ops instead

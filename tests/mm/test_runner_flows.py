@@ -155,8 +155,8 @@ class TeacherStudent(BaseModel):
 @pytest.mark.parametrize('by_epoch', [True, False])
 def test_mean_teacher_hook_predicts_with_the_updated_teacher(by_epoch, tmp_path):
     from mmdet.engine.hooks import MeanTeacherHook
-    train_cfg = dict(by_epoch=True, max_epochs=2) if by_epoch else dict(by_epoch=False,
-                                                                      max_iters=6)
+    train_cfg = dict(by_epoch=True, max_epochs=2) if by_epoch else \
+        dict(by_epoch=False, max_iters=6)
     model = TeacherStudent()
     Runner(model=model, work_dir=str(tmp_path), train_dataloader=loader(), train_cfg=train_cfg,
            optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.5, momentum=0.9)),
