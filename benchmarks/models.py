@@ -6,8 +6,8 @@ medians and the ratio DO-Conv / stock:
 1. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
    DO-Conv across the whole network vs stock, per input size, and the peak memory of training
    (the median over fresh child processes of the peak RSS over two steps);
-2. inference in eval mode, ``model.eval()`` before every batch: the unfolded DO-Conv model and
-   the folded one, each vs stock;
+2. inference in eval mode (``model.eval()`` once, as mmengine's val and test loops call it): the
+   unfolded DO-Conv model and the folded one, each vs stock;
 3. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
 The models are this project's configs, so ``root`` is a checkout of it.
 """
@@ -86,8 +86,7 @@ def infer_fn(model, package, size):
         model.data_preprocessor.size = (size, size)
     data = model.data_preprocessor(batch(package, size), False)
 
-    def infer():
-        model.eval()  # before every batch, as many inference loops do
+    def infer():  # model.eval() once, as mmengine's val and test loops do
         with torch.no_grad():
             model(**data, mode='predict')
     return infer
