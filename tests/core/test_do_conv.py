@@ -515,3 +515,19 @@ def test_bad_arguments_raise_value_error(kwargs, match):
     d_mul = args.pop('D_mul', None)
     with pytest.raises(ValueError, match=match):
         DOConv2d(**args, D_mul=d_mul)
+
+
+@pytest.mark.parametrize('channels', GROUPINGS, ids=lambda c: 'in{}-out{}-g{}'.format(*c))
+def test_training_mode_computes_one_kernel_with_and_without_grad(channels, composition):
+    """Reentrant gradient checkpointing runs a segment first under no_grad, then again with grad
+    in backward: a layer in training mode must give bit-identical outputs both times."""
+    c_in, c_out, groups = channels
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(c_in, c_out, 3, padding=1, groups=groups, D_mul=11))
+    x = torch.randn(2, c_in, 6, 6, requires_grad=True)
+    with torch.no_grad():
+        first = conv(x)
+    again = conv(x)
+    assert again.requires_grad and torch.equal(first, again)
+    out = torch.utils.checkpoint.checkpoint(conv, x, use_reentrant=True)
+    assert torch.equal(out, again)
