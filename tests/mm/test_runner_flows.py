@@ -201,9 +201,8 @@ def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward():
 
 
 def composition_flops(model, data):
-    """What composing the DO-Conv kernels costs in one forward, in multiply-adds as mmengine counts
-    a matmul: C_out * C_in/groups * MN * D_mul per layer call (the RPN's conv runs once per FPN
-    level)."""
+    """What composing the DO-Conv kernels costs in one forward, in multiply-adds:
+    C_out * C_in/groups * MN * D_mul per layer call (the RPN's conv runs once per FPN level)."""
     calls = []
     hooks = [m.register_forward_pre_hook(lambda m, args: calls.append(m))
              for m in model.modules() if isinstance(m, DOConv2d) and m.D is not None]
@@ -236,9 +235,10 @@ def test_flops_count_every_convolution_with_and_without_grad():
         demo_mm_inputs(1, [[3, 128, 128]], num_items=[2], num_classes=3), False)
     base = flops(plain, data, grad=True)
     assert flops(plain, data, grad=False) == base
-    assert flops(do, data, grad=True) == flops(do, data, grad=False)  # fresh, with and without
-    expected = base + composition_flops(do, data)  # (this forward warms the eval cache)
-    assert expected > base
-    assert flops(do, data, grad=True) == expected
+    fresh = flops(do, data, grad=True)
+    assert flops(do, data, grad=False) == fresh  # fresh, with and without gradients
+    composition = composition_flops(do, data)  # (this forward warms the eval cache)
+    # mmengine counts an einsum by numpy's einsum_path estimate, printed to 4 digits
+    assert abs(fresh - base - composition) < 1e-3 * composition
     assert any(m._cache is not None for m in do.modules() if isinstance(m, DOConv2d))
-    assert flops(do, data, grad=False) == expected
+    assert flops(do, data, grad=False) == fresh == flops(do, data, grad=True)
