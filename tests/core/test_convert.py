@@ -17,7 +17,6 @@ from reference import two_stage
 # TOL32 (1e-5) relative to the output's scale. bfloat16 autocast vs float32 (8 bits of mantissa,
 # five layers deep), relative to the largest value: outputs 1e-2, gradients 6e-2 (measured on this
 # net: DO-Conv 4.5e-3 / 4.2e-2, the same net with plain nn.Conv2d 4.5e-3 / 3.5e-2).
-TOL_BF16_OUT, TOL_BF16_GRAD = 1e-2, 6e-2
 
 
 class Net(nn.Module):
@@ -157,17 +156,30 @@ def step(model, x):
     return out
 
 
-def test_bfloat16_autocast_matches_float32_and_keeps_float32_parameters():
-    do, x = trained_do_net(), x_batch()
-    ref = step(do, x)
-    ref_grads = grads(do)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = step(do, x)
-    assert out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < TOL_BF16_OUT
-    for g, r, p in zip(grads(do), ref_grads, do.parameters()):
+def autocast_errors(model, x, device_type='cpu', dtype=torch.bfloat16):
+    """Relative errors of ``model``'s output and worst parameter gradient under autocast, against
+    float32; checks the parameters and their gradients stay float32."""
+    ref = step(model, x)
+    ref_grads = grads(model)
+    with torch.autocast(device_type, dtype=dtype):
+        out = step(model, x)
+    assert out.dtype == dtype
+    for g, p in zip(grads(model), model.parameters()):
         assert p.dtype == g.dtype == torch.float32
-        assert rel_err(g, r) < TOL_BF16_GRAD
+    return rel_err(out, ref), max(rel_err(g, r) for g, r in zip(grads(model), ref_grads))
+
+
+def test_bfloat16_autocast_matches_float32_and_keeps_float32_parameters():
+    """DO-Conv adds nothing to bfloat16's rounding beyond what the same network as plain convs
+    (its fold) gets: how much that is depends on torch's bfloat16 convolution on this CPU
+    (outputs 0.0045 on torch 2.13, 0.0145 on torch 1.13 on one machine)."""
+    do, x = trained_do_net(), x_batch()
+    plain = fold_model(copy.deepcopy(do)).train()
+    do_out, do_grad = autocast_errors(do, x)
+    plain_out, plain_grad = autocast_errors(plain, x)
+    assert plain_out < 3e-2 and plain_grad < 1e-1  # bfloat16 has 8 bits of mantissa
+    assert do_out <= 1.1 * plain_out + 1e-4
+    assert do_grad <= 1.5 * plain_grad  # D's gradients pass through one more bfloat16 product
     do.eval()  # the eval cache under autocast is the folded kernel, the conv runs in bfloat16
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         unfolded = do(x)
