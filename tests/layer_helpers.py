@@ -12,11 +12,20 @@ def rel_err(a, b):
 
 
 def trained_like(conv, seed=0):
-    """Give ``conv`` a non-zero D (as after training) and random bias; returns it."""
+    """Give ``conv`` a non-zero D (as after training) and random bias, drawn on the CPU whatever
+    ``conv``'s device; returns it."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if conv.D is not None:
-            conv.D.copy_(0.3 * torch.randn(conv.D.shape, generator=g))
+            conv.D.copy_(0.3 * torch.randn(conv.D.shape, generator=g, device='cpu'))
         if conv.bias is not None:
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g, device='cpu'))
     return conv
+
+
+def cuda_unavailable():
+    """Why a CUDA test cannot run here, or None where it can."""
+    if not torch.cuda.is_available():
+        return (f'CUDA is not available (torch {torch.__version__}, built for CUDA '
+                f'{torch.version.cuda})')
+    return None

@@ -1,6 +1,6 @@
 """convert(): plain convs become DO-Conv layers computing the same function, and fold_model gives
-the plain network back, before and after training; in bfloat16 autocast, channels_last and
-torch.compile as in float32 eager mode."""
+the plain network back, before and after training; under autocast (with a GradScaler),
+channels_last and torch.compile as in float32 eager mode; on every device (conftest.py)."""
 import copy
 import logging
 import shutil
@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 
 from doconv_mm import DOConv2d, convert, count_do_convs, fold_model
-from layer_helpers import TOL32, rel_err
+from layer_helpers import TOL32, cuda_unavailable, rel_err
 from reference import two_stage
 
 # float32 outputs of two equal functions computed by different kernels (DO-Conv vs folded):
-# TOL32 (1e-5) relative to the output's scale. bfloat16 autocast vs float32 (8 bits of mantissa,
-# five layers deep), relative to the largest value: outputs 1e-2, gradients 6e-2 (measured on this
-# net: DO-Conv 4.5e-3 / 4.2e-2, the same net with plain nn.Conv2d 4.5e-3 / 3.5e-2).
+# TOL32 (1e-5) relative to the output's scale. Under autocast, DO-Conv against the same network
+# as plain convs, each vs float32 (five layers deep, relative to the largest value): outputs within
+# 1.1x the plain network's error, gradients 1.5x (measured on this net with bfloat16 on one CPU,
+# torch 2.13: DO-Conv 4.5e-3 / 4.3e-2, plain 4.5e-3 / 3.5e-2).
 
 
 class Net(nn.Module):
@@ -48,8 +49,9 @@ def net(seed=0):
     return model
 
 
-def x_batch(seed=1):
-    return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+def x_batch(seed=1, device='cpu'):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 16, 16, generator=g, device='cpu').to(device)
 
 
 def test_converted_model_computes_the_original(caplog):
@@ -75,9 +77,9 @@ def test_converted_model_computes_the_original(caplog):
     assert rel_err(do.grouped(h), two_stage(h, do.grouped)) < TOL32
 
 
-def test_round_trip_before_and_after_training():
-    plain = net().eval()
-    x = x_batch()
+def test_round_trip_before_and_after_training(device):
+    plain = net().to(device).eval()
+    x = x_batch(device=device)
     do = convert(copy.deepcopy(plain))
     folded = fold_model(copy.deepcopy(do))
     assert count_do_convs(folded) == 0
@@ -88,7 +90,7 @@ def test_round_trip_before_and_after_training():
     optimizer = torch.optim.SGD(do.parameters(), lr=0.05, momentum=0.9)
     for step in range(4):
         optimizer.zero_grad()
-        do(x_batch(10 + step)).square().mean().backward()
+        do(x_batch(10 + step, device)).square().mean().backward()
         optimizer.step()
     assert do.stem.D.abs().max() > 0
     do.eval()
@@ -136,8 +138,8 @@ def test_bad_input_names_it_and_changes_nothing():
     assert type(model.ws) is StandardisedConv and count_do_convs(model) == 5
 
 
-def trained_do_net():
-    do = convert(net())
+def trained_do_net(device='cpu'):
+    do = convert(net()).to(device)
     with torch.no_grad():
         for m in do.modules():
             if isinstance(m, DOConv2d) and m.D is not None:
@@ -169,25 +171,78 @@ def autocast_errors(model, x, device_type='cpu', dtype=torch.bfloat16):
     return rel_err(out, ref), max(rel_err(g, r) for g, r in zip(grads(model), ref_grads))
 
 
-def test_bfloat16_autocast_matches_float32_and_keeps_float32_parameters():
-    """DO-Conv adds nothing to bfloat16's rounding beyond what the same network as plain convs
-    (its fold) gets: how much that is depends on torch's bfloat16 convolution on this CPU
-    (outputs 0.0045 on torch 2.13, 0.0145 on torch 1.13 on one machine)."""
-    do, x = trained_do_net(), x_batch()
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_autocast_matches_float32_and_keeps_float32_parameters(device, dtype):
+    """DO-Conv adds nothing to the autocast dtype's rounding beyond what the same network as plain
+    convs (its fold) gets: how much that is depends on torch's low-precision convolution on the
+    device (bfloat16 outputs 0.0045 on torch 2.13, 0.0145 on torch 1.13 on one CPU)."""
+    if device == 'cpu' and dtype == torch.float16:
+        pytest.skip('float16 autocast is run on CUDA (bfloat16 is the CPU\'s)')
+    do, x = trained_do_net(device), x_batch(device=device)
     plain = fold_model(copy.deepcopy(do)).train()
-    do_out, do_grad = autocast_errors(do, x)
-    plain_out, plain_grad = autocast_errors(plain, x)
-    assert plain_out < 3e-2 and plain_grad < 1e-1  # bfloat16 has 8 bits of mantissa
+    do_out, do_grad = autocast_errors(do, x, device, dtype)
+    plain_out, plain_grad = autocast_errors(plain, x, device, dtype)
+    assert plain_out < 3e-2 and plain_grad < 1e-1  # 8 (bfloat16) or 11 (float16) mantissa bits
     assert do_out <= 1.1 * plain_out + 1e-4
-    assert do_grad <= 1.5 * plain_grad  # D's gradients pass through one more bfloat16 product
-    do.eval()  # the eval cache under autocast is the folded kernel, the conv runs in bfloat16
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+    assert do_grad <= 1.5 * plain_grad  # D's gradients pass through one more rounded product
+    do.eval()  # the eval cache under autocast is the folded kernel, the conv in the autocast dtype
+    with torch.no_grad(), torch.autocast(device, dtype=dtype):
         unfolded = do(x)
         assert torch.equal(unfolded, fold_model(copy.deepcopy(do))(x))
 
 
-def test_channels_last_gives_the_contiguous_outputs_and_gradients():
-    do, x = trained_do_net(), x_batch()
+def grad_scaler(device):
+    """torch.amp.GradScaler for ``device`` (torch >= 2.3), or CUDA's own before it."""
+    if hasattr(torch.amp, 'GradScaler'):
+        return torch.amp.GradScaler(device, init_scale=2.0**10)
+    if device != 'cuda':
+        pytest.skip(f'a GradScaler for {device} needs torch >= 2.3 (torch {torch.__version__})')
+    return torch.cuda.amp.GradScaler(init_scale=2.0**10)
+
+
+def test_grad_scaler_skips_a_step_with_an_inf_gradient_and_takes_the_next(device):
+    """Mixed-precision training as mmengine's AmpOptimWrapper runs it: a step whose gradients hold
+    an inf changes no parameter and halves the scale; the next step trains, all finite."""
+    dtype = torch.float16 if device == 'cuda' else torch.bfloat16
+    do, x = trained_do_net(device), x_batch(device=device)
+    scaler, optimizer = grad_scaler(device), torch.optim.SGD(do.parameters(), lr=0.1)
+
+    def step(inject_inf):
+        optimizer.zero_grad()
+        with torch.autocast(device, dtype=dtype):
+            loss = do(x).float().square().mean()
+        scaler.scale(loss).backward()
+        if inject_inf:
+            do.grouped.D.grad.view(-1)[0] = float('inf')
+        scaler.step(optimizer)
+        scaler.update()
+
+    before = {k: v.detach().clone() for k, v in do.named_parameters()}
+    step(inject_inf=True)
+    assert scaler.get_scale() == 2.0**9
+    assert all(torch.equal(p, before[k]) for k, p in do.named_parameters())
+    step(inject_inf=False)
+    assert all(torch.isfinite(p).all() for p in do.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in do.parameters())
+    assert not torch.equal(do.grouped.D, before['grouped.D']) and scaler.get_scale() == 2.0**9
+
+
+def test_fold_on_cuda_equals_fold_on_cpu():
+    """The float64 fold gives the same float32 kernels on either device (within one float32
+    rounding: the float64 sums may run in another order)."""
+    if cuda_unavailable():
+        pytest.skip(cuda_unavailable())
+    do = trained_do_net()
+    on_cpu = fold_model(copy.deepcopy(do)).state_dict()
+    on_cuda = fold_model(copy.deepcopy(do).cuda()).state_dict()
+    assert on_cpu.keys() == on_cuda.keys()
+    for k, v in on_cpu.items():
+        assert on_cuda[k].device.type == 'cuda' and on_cuda[k].dtype == v.dtype, k
+        assert rel_err(on_cuda[k].cpu(), v) < 1.2e-7, k
+
+
+def test_channels_last_gives_the_contiguous_outputs_and_gradients(device):
+    do, x = trained_do_net(device), x_batch(device=device)
     do_cl = copy.deepcopy(do).to(memory_format=torch.channels_last)  # same BN statistics after
     ref = step(do, x)
     ref_grads = grads(do)
@@ -211,8 +266,8 @@ def compile_unavailable():
 
 
 @pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))
-def test_torch_compile_matches_eager():
-    do, x = trained_do_net(), x_batch()
+def test_torch_compile_matches_eager(device):
+    do, x = trained_do_net(device), x_batch(device=device)
     ref = step(do, x)
     ref_grads = grads(do)
     compiled = torch.compile(do)
