@@ -1,7 +1,7 @@
 # The project's commands. Each runs the one-time setup first (tools/setup_env.sh; a no-op when done).
 PY := .venv/bin/python
 
-.PHONY: setup test test-compat demo demo-seg study bench lint
+.PHONY: setup test test-compat demo demo-seg study bench gpu-check lint
 .DEFAULT_GOAL := test
 
 setup:
@@ -31,6 +31,12 @@ study: setup
 
 bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json
+
+# DO-Conv on a CUDA machine: the core's tests on every device and the device benchmark, torch only
+# (no setup needed: the machine's python3 with torch and torchvision; files under $$OUT or
+# work_dirs/gpu_check/)
+gpu-check:
+	@bash tools/gpu_check.sh
 
 lint: setup
 	$(PY) -m flake8 doconv_mm tools tests benchmarks experiments

@@ -4,21 +4,33 @@ import multiprocessing as mp
 import queue as queue_module
 import statistics
 import time
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 
-def alternate(fns: Sequence[Callable], repeats: int, warmup: int = 1) -> List[float]:
-    """Median seconds of each function, called in turn ``repeats`` times after ``warmup``."""
+def alternate_runs(fns: Sequence[Callable], repeats: int, warmup: int = 1,
+                   sync: Optional[Callable] = None) -> List[List[float]]:
+    """Seconds of every run of each function, called in turn ``repeats`` times after ``warmup``;
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each timer reads, so that work
+    queued on a device is counted in the run that queued it."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for k, fn in enumerate(fns):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def alternate(fns: Sequence[Callable], repeats: int, warmup: int = 1,
+              sync: Optional[Callable] = None) -> List[float]:
+    """Median seconds of each function over :func:`alternate_runs`."""
+    return [statistics.median(t) for t in alternate_runs(fns, repeats, warmup, sync)]
 
 
 def _call(results, fn, args):

@@ -1,7 +1,7 @@
 """The benchmarks' timing helpers: figures combined over processes, work in a fresh process."""
 import os
 
-from benchmarks.timing import alternate, in_fresh_process, median_over, range_over
+from benchmarks.timing import alternate, alternate_runs, in_fresh_process, median_over, range_over
 
 
 def test_figures_combine_over_processes():
@@ -22,3 +22,11 @@ def test_alternate_calls_in_turn():
     calls = []
     times = alternate([lambda: calls.append('a'), lambda: calls.append('b')], repeats=2, warmup=1)
     assert calls == ['a', 'b'] * 3 and len(times) == 2 and all(t >= 0 for t in times)
+
+
+def test_alternate_runs_in_turn_and_syncs_around_every_timed_run():
+    calls = []
+    runs = alternate_runs([lambda: calls.append('a'), lambda: calls.append('b')], 3, warmup=1,
+                          sync=lambda: calls.append('sync'))
+    assert calls == ['a', 'b'] + ['sync', 'a', 'sync', 'sync', 'b', 'sync'] * 3
+    assert [len(r) for r in runs] == [3, 3] and all(t >= 0 for r in runs for t in r)
