@@ -25,9 +25,10 @@ demo-seg: setup
 	$(PY) tools/demo.py --task seg
 
 # Pretrain a plain backbone, fine-tune stock / DO-Conv head / DO-Conv all over 3 seeds, paired
-# comparison (det and seg, toy data; docs/study.md)
+# comparison (det and seg, toy data; docs/study.md), then int8 of DO-Conv all vs stock per seed
+# (docs/quantization.md)
 study: setup
-	$(PY) tools/study.py
+	$(PY) tools/study.py --int8
 
 bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json

@@ -2,14 +2,18 @@
 vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
-                          [--cfg-options k=v ...]
+                          [--cfg-options k=v ...] [--int8 [--calib N]]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
 it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
+--int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
+drops paired by seed (experiments/quant_study.py; WORKSPACE/work_dirs/study/int8.md).
 """
 import argparse
+import os
 import os.path as osp
+import subprocess
 import sys
 import time
 
@@ -29,6 +33,10 @@ def main(argv=None):
                         help='where data/ and work_dirs/ go (default: the checkout)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
+    parser.add_argument('--int8', action='store_true',
+                        help='then check int8 of DO-Conv all vs stock, per seed')
+    parser.add_argument('--calib', type=int, default=32,
+                        help='--int8: calibration images (default 32)')
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error(f'--seeds: need two or more distinct seeds for a paired test, '
@@ -47,6 +55,18 @@ def main(argv=None):
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
+    if args.int8:
+        from experiments import quant_study
+        workspace = osp.abspath(args.workspace)
+        with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
+            summaries = [quant_study.run_task(ROOT, workspace, task, args.seeds, args.calib)
+                         for task in args.tasks]
+        table = quant_study.markdown(summaries)
+        path = osp.join(workspace, 'work_dirs', 'study', 'int8.md')
+        with open(path + '.tmp', 'w') as f:
+            f.write(table + '\n')
+        os.replace(path + '.tmp', path)
+        print(f'\n## int8\n\n{table}\n\nwrote {path}')
     print(f'\n({(time.perf_counter() - start) / 60:.1f} min)')
     return reports
 

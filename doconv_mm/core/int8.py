@@ -34,7 +34,8 @@ def quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 
 def weight_qparams(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel ``(scale, zero_point)``: ``max |w_c| / 127`` (at least float32's eps), 0."""
+    """Per-output-channel ``(scale, zero_point)``: ``max |w_c| / 127`` (at least float32's eps)
+    and 0."""
     observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, quant_min=QMIN,
                                         quant_max=QMAX, qscheme=torch.per_channel_symmetric)
     observer(weight.detach().float())

@@ -123,28 +123,33 @@ def _tensors(out) -> List[torch.Tensor]:
     return []
 
 
-def probe(model: nn.Module, cfg: Config, size: int) -> List[torch.Tensor]:
-    """The model's raw outputs on a fixed random image, as continuous functions of the weights.
+def probe(model: nn.Module, cfg: Config, size: int = 256,
+          x: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """The model's raw outputs on ``x`` (default: a fixed random ``size`` x ``size`` image), as
+    continuous functions of the weights.
 
     Detectors' proposals come out of NMS, which a difference in the last bit can flip; so a
     detector is probed on its features, its dense heads and its RoI head on fixed boxes.
     """
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, size, size, generator=g)
+    if x is None:
+        x = torch.randn(1, 3, size, size, generator=g).to(next(model.parameters()).device)
     with torch.no_grad():
         if cfg.get('default_scope') != 'mmdet':
             return _tensors(model(x, None, mode='tensor'))
         from mmdet.structures import DetDataSample
         from mmengine.structures import InstanceData
+        x = x[:1]
         feats = model.extract_feat(x)
         outs = _tensors(feats)
         for name in ('rpn_head', 'bbox_head'):
             if getattr(model, name, None) is not None:
                 outs += _tensors(getattr(model, name)(feats))
         if getattr(model, 'roi_head', None) is not None:
-            corners = torch.rand(64, 2, 2, generator=g).sort(dim=1).values * size
-            boxes = corners.flatten(1)  # (x1, y1, x2, y2): each corner sorted per coordinate
-            shape = (size, size)
+            shape = tuple(x.shape[-2:])
+            corners = torch.rand(64, 2, 2, generator=g).sort(dim=1).values * torch.tensor(
+                shape[::-1], dtype=torch.float32)
+            boxes = corners.flatten(1).to(x.device)  # (x1, y1, x2, y2): corners sorted per axis
             sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape,
                                                  pad_shape=shape, scale_factor=(1.0, 1.0)))
             outs += _tensors(model.roi_head.forward(feats, [InstanceData(bboxes=boxes)],

@@ -18,7 +18,8 @@ def test_fake_quant_weight_by_hand():
                       [0.0, 0.0, 0.0, 0.0]])
     # channel 0: scale 1/127; 0.3 * 127 = 38.1 -> 38, -0.7 * 127 = -88.9 -> -89
     # channel 1: scale 0.05/127; 0.4 * 127 = 50.8 -> 51, 0.8 * 127 = 101.6 -> 102, 25.4 -> 25
-    codes = torch.tensor([[127, 38, -89, 0], [51, -127, 102, 25], [0, 0, 0, 0]], dtype=torch.float64)
+    codes = torch.tensor([[127, 38, -89, 0], [51, -127, 102, 25], [0, 0, 0, 0]],
+                         dtype=torch.float64)
     scales = torch.tensor([1 / 127, 0.05 / 127, torch.finfo(torch.float32).eps],
                           dtype=torch.float64)
     scale, zero_point = weight_qparams(w)
@@ -33,8 +34,9 @@ def test_fake_quant_weight_by_hand():
 
 
 def test_sqnr_closed_forms():
-    assert sqnr_db(torch.tensor([3.0, 4.0]), torch.tensor([3.0, 3.5])) == pytest.approx(20.0,
-                                                                                       abs=1e-12)
+    # signal 9 + 16 = 25, noise 0.5^2 = 0.25: 10 log10(100) = 20 dB
+    x, x_q = torch.tensor([3.0, 4.0]), torch.tensor([3.0, 3.5])
+    assert sqnr_db(x, x_q) == pytest.approx(20.0, abs=1e-12)
     assert sqnr_db(torch.ones(3), torch.ones(3)) == math.inf
     # rounding noise is uniform over one step: channel SQNR = 10 log10(12 * 127^2 * std^2 / peak^2)
     g = torch.Generator().manual_seed(0)
