@@ -1,12 +1,12 @@
 """Does a release survive int8? The config's own evaluation in fp32 and with simulated int8, and
 the weight statistics that decide the int8 error, for a model and optionally a baseline beside it.
 
-:func:`quant_check` is the whole job (``tools/quant_check.py``). Per model: the checkpoint is read
-and checked against the config's model; DO-Conv layers are folded (a release has none); then the
-config's test loop (mmengine's, with the config's evaluator) runs three times: fp32, int8 weights,
-int8 weights and activations (observers calibrated on training images through the test pipeline).
-The arithmetic is :mod:`doconv_mm.core.int8`. The checkpoint's ``state_dict`` is what is evaluated,
-as ``fold_ckpt`` folds it: the config's custom hooks (EMA) are not run.
+:func:`quant_check` is the whole job (the ``quant_check.py`` command). Per model: the checkpoint
+is read and checked against the config's model; DO-Conv layers are folded (a release has none);
+then the config's test loop (mmengine's, with the config's evaluator) runs three times: fp32,
+int8 weights, int8 weights and activations (observers calibrated on training images through the
+test pipeline). The arithmetic is :mod:`doconv_mm.core.int8`. The checkpoint's ``state_dict`` is
+what is evaluated, as ``fold_ckpt`` folds it: the config's custom hooks (EMA) are not run.
 """
 import copy
 import json
