@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from doconv_mm.mm.runtime import trusted_checkpoints
-from .compare import read_logs
+from .compare import read_logs, seed_options
 
 TASKS = {
     'det': dict(data=('coco', 'data/toy_coco'), package='mmdet', metric='coco/bbox_mAP',
@@ -157,7 +157,7 @@ def run_demo(root: str, task_name: str = 'det', workspace: Optional[str] = None,
         dirs[name] = osp.join(work, name)
         print(f'\n== training the {name} ({task[name]})', flush=True)
         run([py, osp.join(tools, 'train.py'), config[name], '--work-dir', dirs[name],
-             '--cfg-options', 'randomness.seed=0', *cfg_options], ws, progress)
+             '--cfg-options', *seed_options(0), *cfg_options], ws, progress)
     for name in ('baseline', 'doconv'):
         print(f'\n== testing the {name}', flush=True)
         out = run([py, osp.join(tools, 'test.py'), config[name], last_checkpoint(dirs[name]),
