@@ -56,11 +56,14 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], calib: 
     for seed, report in reports.items():
         summary['runs'][seed] = {
             role: dict(fp32=m['metrics']['fp32'][m['metric']], **m['drop'],
+                       output_sqnr_w=m['output_sqnr_db']['int8_w'],
+                       output_sqnr_wa=m['output_sqnr_db']['int8_wa'],
                        sqnr_db_median=m['weights']['sqnr_db_median'],
                        sqnr_db_min=m['weights']['sqnr_db_min'],
                        worst_layer=m['weights']['worst_layer'])
             for role, m in report['models'].items()}
-    for key in ('fp32', *MODES, 'sqnr_db_median', 'sqnr_db_min'):
+    for key in ('fp32', *MODES, 'output_sqnr_w', 'output_sqnr_wa', 'sqnr_db_median',
+                'sqnr_db_min'):
         summary['paired'][key] = paired([summary['runs'][s]['model'][key] for s in seeds],
                                         [summary['runs'][s]['baseline'][key] for s in seeds])
     return summary
@@ -78,7 +81,8 @@ def markdown(summaries: Sequence[dict]) -> str:
         return f'{p["mean"]:+.{digits}f}{ci}'
 
     lines = ['| task | metric | model | fp32 | drop, int8 weights | drop, int8 weights + '
-             'activations | weight SQNR dB, median layer | worst layer |', '| --- ' * 8 + '|']
+             'activations | raw outputs SQNR dB, int8 weights | raw outputs SQNR dB, + '
+             'activations | weight SQNR dB, median layer | worst layer |', '| --- ' * 10 + '|']
     for s in summaries:
         digits = 4 if s['metric'] == 'coco/bbox_mAP' else 2
         for role, label in (('baseline', 'stock'), ('model', 'DO-Conv all, folded')):
@@ -86,11 +90,13 @@ def markdown(summaries: Sequence[dict]) -> str:
             lines.append(
                 f'| {s["task"]} | {s["metric"]} | {label} | {mean(s, role, "fp32"):.{digits}f} | '
                 f'{mean(s, role, "int8_w"):+.{digits}f} | {mean(s, role, "int8_wa"):+.{digits}f} '
+                f'| {mean(s, role, "output_sqnr_w"):.2f} | {mean(s, role, "output_sqnr_wa"):.2f} '
                 f'| {mean(s, role, "sqnr_db_median"):.2f} | '
                 f'{mean(s, role, "sqnr_db_min"):.1f} dB ({", ".join(worst)}) |')
         p = s['paired']
         lines.append(f'| {s["task"]} | {s["metric"]} | DO-Conv - stock, paired | '
                      f'{diff(p["fp32"], digits)} | {diff(p["int8_w"], digits)} | '
-                     f'{diff(p["int8_wa"], digits)} | {diff(p["sqnr_db_median"], 2)} | '
+                     f'{diff(p["int8_wa"], digits)} | {diff(p["output_sqnr_w"], 2)} | '
+                     f'{diff(p["output_sqnr_wa"], 2)} | {diff(p["sqnr_db_median"], 2)} | '
                      f'{diff(p["sqnr_db_min"], 1)} dB |')
     return '\n'.join(lines)
