@@ -100,11 +100,16 @@ def pick_metric(record: dict, metric: Optional[str]) -> str:
                    f'{", ".join(k for k in record if k != "step")}')
 
 
+def last_checkpoint(work_dir: str) -> str:
+    """The path of the run's newest checkpoint, as mmengine records it."""
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
 def run_state(work_dir: str, final: str) -> str:
     """'finished', 'resumable' (has a checkpoint) or 'new'."""
     try:
-        with open(osp.join(work_dir, 'last_checkpoint')) as f:
-            last = osp.basename(f.read().strip())
+        last = osp.basename(last_checkpoint(work_dir))
     except OSError:
         return 'new'
     if last == final and read_logs(work_dir)['val']:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from doconv_mm.mm.runtime import trusted_checkpoints
-from .compare import read_logs, seed_options
+from .compare import last_checkpoint, read_logs, seed_options
 
 TASKS = {
     'det': dict(data=('coco', 'data/toy_coco'), package='mmdet', metric='coco/bbox_mAP',
@@ -72,11 +72,6 @@ def test_metrics(output):
     """The metrics of the last 'Epoch(test)' / 'Iter(test)' line: {name: value}."""
     line = [x for x in output.splitlines() if re.search(r'(Epoch|Iter)\(test\)', x)][-1]
     return dict(re.findall(r'(\S+): (-?[\d.]+)', line.split(')', 1)[1]))
-
-
-def last_checkpoint(work_dir):
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        return f.read().strip()
 
 
 def loss_curve(work_dir):

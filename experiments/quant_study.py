@@ -12,18 +12,13 @@ import subprocess
 import sys
 from typing import Callable, Dict, Sequence
 
-from .compare import run_dir
+from .compare import last_checkpoint, run_dir
 from .paired_stats import paired
 from .study import TASKS
 
 # the stock and the DO-Conv-all fine-tuning configs of each task (TASKS[task]['configs'])
 STOCK, ALL = 0, 2
 MODES = ('int8_w', 'int8_wa')
-
-
-def last_checkpoint(work_dir: str) -> str:
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        return f.read().strip()
 
 
 def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,

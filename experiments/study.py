@@ -20,7 +20,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from .compare import Comparison, pick_metric, read_logs, seed_options, write_report
+from .compare import (Comparison, last_checkpoint, pick_metric, read_logs, seed_options,
+                      write_report)
 
 TASKS = {
     'det': dict(
@@ -87,9 +88,7 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
         os.makedirs(pretrain_dir, exist_ok=True)
         with open(osp.join(pretrain_dir, 'study_train.log'), 'a') as f:
             subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
-        with open(osp.join(pretrain_dir, 'last_checkpoint')) as f:
-            last = f.read().strip()
-        n = backbone_checkpoint(last, backbone, spec['prefix'])
+        n = backbone_checkpoint(last_checkpoint(pretrain_dir), backbone, spec['prefix'])
         val = read_logs(pretrain_dir)['val']
         metric = pick_metric(val[max(val)], None)
         log(f'{task}: pretrained ({metric} {val[max(val)][metric]}); {n} backbone tensors -> '

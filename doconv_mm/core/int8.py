@@ -111,9 +111,12 @@ class ActivationQuant:
         scale, zero_point = self.observers[name].calculate_qparams()
         return scale.item(), int(zero_point.item())
 
+    def seen(self) -> List[str]:
+        """The layers that have seen an input (a layer the model never runs keeps none)."""
+        return [name for name, o in self.observers.items() if torch.isfinite(o.max_val).item()]
+
     def calibrated(self) -> int:
-        """How many layers have seen an input (a layer a model never runs keeps none)."""
-        return sum(bool(torch.isfinite(o.max_val).item()) for o in self.observers.values())
+        return len(self.seen())
 
     @contextlib.contextmanager
     def _hooks(self, hook) -> Iterator[None]:
@@ -132,11 +135,10 @@ class ActivationQuant:
         return self._hooks(observe)
 
     def quantize(self):
-        if self.calibrated() == 0:
+        params = {name: self.qparams(name) for name in self.seen()}
+        if not params:
             raise RuntimeError('ActivationQuant.quantize(): no layer has been calibrated; run the '
                                'model on calibration data inside calibrate() first')
-        params = {name: self.qparams(name) for name, _ in self.layers
-                  if torch.isfinite(self.observers[name].max_val).item()}
 
         def fake_quant(name):
             def pre_hook(module, args):

@@ -9,6 +9,7 @@ test pipeline). The arithmetic is :mod:`doconv_mm.core.int8`. The checkpoint's `
 what is evaluated, as ``fold_ckpt`` folds it: the config's custom hooks (EMA) are not run.
 """
 import copy
+import itertools
 import json
 import math
 import os.path as osp
@@ -113,7 +114,7 @@ def check_model(config: str, checkpoint: str, *, role: str, calib: int, work_dir
     log(f'[{role}] calibrating activations on {n} training images')
     bar = ProgressBar(n)
     with torch.no_grad(), activations.calibrate():
-        for i, batch in zip(range(n), loader):
+        for batch in itertools.islice(loader, n):
             model.test_step(batch)
             bar.update()
     print(flush=True)
