@@ -1,11 +1,13 @@
-"""The compiled CPU composition against the PyTorch composition, at model level (train step).
+"""This checkout's PyTorch composition against the compiled CPU composition of an earlier commit
+(``--compiled-rev``, checked out in a temporary git worktree), at model level (train step).
 
-    python benchmarks/compiled_vs_pytorch.py [--processes 3] [--steps 3] [--sizes 256 512]
+    python benchmarks/compiled_vs_pytorch.py [--compiled-rev c99f533] [--processes 3] [--steps 3]
+        [--sizes 256 512]
 
-Each figure is a fresh process (``DOCONV_MM_NO_EXT`` set per process, the two paths alternating
-process by process) that builds the config's model with DO-Conv across the whole network, runs one
-warm-up training step (forward, backward, SGD) and then ``--steps`` timed ones; the table gives the
-median over processes of each process's median step and the spread (min-max) over processes.
+Each figure is a fresh process (the two checkouts alternating process by process, each importing
+its own ``doconv_mm``) that builds the config's model with DO-Conv across the whole network, runs
+one warm-up training step (forward, backward, SGD) and then ``--steps`` timed ones; the table gives
+the median over processes of each process's median step and the spread (min-max) over processes.
 """
 import argparse
 import json
@@ -14,6 +16,7 @@ import os.path as osp
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -24,9 +27,10 @@ MODELS = {
 }
 
 
-def child(config, size, steps):
-    """One process: the median training step (s) of the config's model at ``size`` px, batch 2."""
-    sys.path.insert(0, ROOT)
+def child(tree, config, size, steps):
+    """One process: the median training step (s) of the config's model at ``size`` px, batch 2,
+    with the ``doconv_mm`` of checkout ``tree``."""
+    sys.path.insert(0, tree)
     import torch
     from mmengine.config import Config
     from mmengine.logging import MMLogger
@@ -35,7 +39,12 @@ def child(config, size, steps):
     from mmengine.registry import DefaultScope
     from mmengine.utils import import_modules_from_strings
 
-    from doconv_mm.core import _ext
+    import doconv_mm
+    try:
+        from doconv_mm.core import _ext
+        compiled = _ext.load() is not None
+    except ImportError:  # a checkout without the compiled path
+        compiled = False
     MMLogger.get_instance('bench', log_level='WARNING')
     cfg = Config.fromfile(osp.join(ROOT, config))
     import_modules_from_strings(**cfg.custom_imports)
@@ -71,22 +80,38 @@ def child(config, size, steps):
             optimizer.step()
             if i:  # the first step is the warm-up
                 times.append(time.perf_counter() - start)
-    return dict(step_s=statistics.median(times), compiled=_ext.load() is not None)
+    return dict(step_s=statistics.median(times), compiled=compiled, tree=osp.dirname(
+        osp.dirname(osp.abspath(doconv_mm.__file__))))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--compiled-rev', default='c99f533',
+                        help='the commit whose compiled path to measure against')
     parser.add_argument('--processes', type=int, default=3, help='fresh processes per path')
     parser.add_argument('--steps', type=int, default=3, help='timed steps per process')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
     parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--child', nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument('--child', nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
+        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]),
+                               int(args.child[3]))))
         return None
+    with tempfile.TemporaryDirectory() as tmp:
+        old = osp.join(tmp, 'compiled')
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', old, args.compiled_rev],
+                       check=True, capture_output=True)
+        try:
+            return compare(args, {'compiled': old, 'pytorch': ROOT})
+        finally:
+            subprocess.run(['git', '-C', ROOT, 'worktree', 'remove', '--force', old], check=True)
+
+
+def compare(args, trees):
+    print(f'compiled: {args.compiled_rev}; PyTorch: this checkout')
     print('| model, batch 2 | px | compiled step s (spread) | PyTorch step s (spread) | '
           'PyTorch / compiled |\n| --- | --- | --- | --- | --- |')
     rows = []
@@ -96,13 +121,14 @@ def main(argv=None):
             for rep in range(args.processes):
                 order = ('compiled', 'pytorch') if rep % 2 == 0 else ('pytorch', 'compiled')
                 for path in order:
-                    env = dict(os.environ, DOCONV_MM_NO_EXT='1' if path == 'pytorch' else '0')
+                    env = {k: v for k, v in os.environ.items() if k != 'DOCONV_MM_NO_EXT'}
                     out = subprocess.run(
-                        [sys.executable, __file__, '--child', MODELS[name], str(size),
-                         str(args.steps)], env=env, check=True, capture_output=True, text=True)
+                        [sys.executable, __file__, '--child', trees[path], MODELS[name],
+                         str(size), str(args.steps)], env=env, check=True, capture_output=True,
+                        text=True)
                     res = json.loads(out.stdout.strip().splitlines()[-1])
-                    if res['compiled'] != (path == 'compiled'):
-                        raise RuntimeError(f'the {path} process ran compiled={res["compiled"]}')
+                    if res['compiled'] != (path == 'compiled') or res['tree'] != trees[path]:
+                        raise RuntimeError(f'the {path} process ran {res}')
                     runs[path].append(res['step_s'])
             med = {k: statistics.median(v) for k, v in runs.items()}
             rows.append(dict(model=name, size=size, runs=runs, median=med,

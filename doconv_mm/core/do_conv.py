@@ -1,6 +1,6 @@
 """DO-Conv: depthwise over-parameterized convolution (Cao et al., arXiv 2006.12030), as a drop-in
 ``nn.Conv2d`` that holds the parameters, the evaluation cache and plain-checkpoint loading; the
-composition ``K = (D + I) W`` is :mod:`.compose`, the training convolution :mod:`.functions`.
+composition ``K = (D + I) W`` is :mod:`.compose`.
 
 ``D`` belongs to the *global* input channel for every ``groups`` (DO-Conv: groups=1, DO-DConv:
 groups=C_in, DO-GConv: otherwise). ``W`` is stored as the layer's ordinary ``weight`` (its first MN
@@ -9,24 +9,43 @@ columns, in kernel shape) plus ``W_extra`` (the other ``D_mul - MN``, only when 
 exactly at the plain convolution, and with D_mul = MN a per-output-channel rescaling of ``weight``
 (mmcv's ``fuse_conv_bn``, efficient conv-bn eval) rescales ``K`` the same way.
 """
+import ctypes
+import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .functions import DOConvFunction, do_conv_kernel
+from ._compat import is_compiling
+from .compose import do_conv_kernel
+
+try:  # the C library's memcmp: a bitwise compare at memory speed, no temporary
+    _memcmp = ctypes.CDLL(None).memcmp
+    _memcmp.argtypes, _memcmp.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], \
+        ctypes.c_int
+except (OSError, AttributeError, TypeError):  # no C library to load by that name (Windows)
+    _memcmp = None
+
+
+def _same_bits(param: Tensor, held: Tensor) -> bool:
+    """Whether ``param`` holds the same values as ``held``, bit for bit on contiguous CPU tensors."""
+    if (param.shape, param.stride(), param.dtype, param.device) != (
+            held.shape, held.stride(), held.dtype, held.device):
+        return False
+    if _memcmp is not None and param.device.type == 'cpu' and param.is_contiguous():
+        return _memcmp(param.data_ptr(), held.data_ptr(), param.numel() * param.element_size()) == 0
+    return torch.equal(param, held)
 
 
 class DOConv2d(nn.Conv2d):
     """A drop-in ``nn.Conv2d`` trained as DO-Conv (DO-DConv / DO-GConv for groups > 1).
 
     Takes ``nn.Conv2d``'s arguments plus keyword-only ``D_mul`` (default M*N; ignored for 1x1
-    kernels, which have no ``D`` and are plain convolutions) and ``keep_kernel`` (keep the composed
-    kernel from forward to backward: one composition per step less, one kernel per layer more).
-    In evaluation mode without gradients the kernel is composed once, in float64 as :meth:`fold`
-    does, and reused until a parameter changes or the mode is set again; :meth:`fold` returns the
-    equivalent ``nn.Conv2d``.
+    kernels, which have no ``D`` and are plain convolutions). In evaluation mode without gradients
+    the kernel is composed in float64 as :meth:`fold` does and reused while the parameters are
+    unchanged; :meth:`fold` returns the equivalent ``nn.Conv2d``. ``keep_kernel`` is accepted for
+    old configs and ignored (autograd keeps the composed kernel for the backward pass).
     """
 
     def __init__(self,
@@ -43,7 +62,7 @@ class DOConv2d(nn.Conv2d):
                  dtype=None,
                  *,
                  D_mul: Optional[int] = None,
-                 keep_kernel: bool = False) -> None:
+                 keep_kernel: Optional[bool] = None) -> None:
         ks = (kernel_size, ) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(ks) != 2 or not all(isinstance(k, int) and k > 0 for k in ks):
             raise ValueError(f'kernel_size must be a positive int or a pair of them (a 2D kernel), '
@@ -52,19 +71,20 @@ class DOConv2d(nn.Conv2d):
         if D_mul is not None and mn > 1 and (not isinstance(D_mul, int) or D_mul < mn):
             raise ValueError(f'D_mul={D_mul!r} must be an int >= M*N = {mn} for a '
                              f'{ks[0]}x{ks[1]} kernel')
-        if not isinstance(keep_kernel, bool):
-            raise ValueError(f'keep_kernel must be True or False, got {keep_kernel!r}')
+        if keep_kernel is not None:
+            warnings.warn('DOConv2d(keep_kernel=...) has no effect and will be removed: the '
+                          'composed kernel is always kept for the backward pass',
+                          DeprecationWarning, stacklevel=2)
         super().__init__(in_channels, out_channels, ks, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         self.D_mul = mn if (D_mul is None or mn == 1) else D_mul
-        self.keep_kernel = keep_kernel
         factory = dict(device=device, dtype=dtype)
         self.D = nn.Parameter(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
             if mn > 1 else None
         self.W_extra = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
             if self.D_mul > mn else None
-        self._cache = None  # ([(parameter, version)], kernel): evaluation without gradients
+        self._cache = None  # ([copy of each parameter], kernel): evaluation without gradients
         self._init_do_params()
 
     def _init_do_params(self) -> None:
@@ -97,49 +117,30 @@ class DOConv2d(nn.Conv2d):
         return do_conv_kernel(weight, self.D, self.W_extra)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """Evaluation without parameter gradients convolves the cached kernel; everything else
+        (training, tracing, torch.compile and export, a transformed ``weight``) composes ``K``
+        with PyTorch operators and lets autograd differentiate it."""
         if self.D is None:
             return super()._conv_forward(input, weight, bias)
-        if weight is not self.weight or torch.jit.is_tracing():
-            # a transformed weight (efficient conv-bn eval), or a tracer (export, FLOP counters),
-            # which must record the composition and the convolution as PyTorch operators
-            return super()._conv_forward(input, self.kernel(weight), bias)
-        # Training mode always composes afresh, with or without grad, so that gradient
-        # checkpointing's first forward (no grad) and its recomputation compute the same kernel.
-        if self.training or (torch.is_grad_enabled()
-                             and any(p.requires_grad for p in self._do_params())):
-            return self._train_forward(input, bias)
-        return super()._conv_forward(input, self._cached_kernel(), bias)
+        if weight is self.weight and not (
+                self.training or torch.jit.is_tracing() or is_compiling()
+                or torch.is_grad_enabled() and any(p.requires_grad for p in self._do_params())):
+            return super()._conv_forward(input, self._cached_kernel(), bias)
+        return super()._conv_forward(input, self.kernel(weight), bias)
 
     def _cached_kernel(self) -> Tensor:
-        """The float64-composed kernel of the parameters as they are, kept while no parameter
-        changes: an in-place change moves its version counter, a replacement its memory (which the
-        cache holds on to). Edits through ``.data`` move neither (mmengine's EMAHook swaps weights
-        that way), which is why every :meth:`train` / ``eval()`` call drops the cache."""
+        """The float64-composed kernel, reused while the parameters hold exactly the bits it was
+        composed from: a copy of them is compared in memory at every call, so no edit (in place,
+        by replacement, through ``.data`` as mmengine's EMAHook makes) leaves it stale."""
         params = self._do_params()
-        if self._cache is None or len(self._cache[0]) != len(params) or not all(
-                p._version == version and p.data_ptr() == held.data_ptr() and p.dtype == held.dtype
-                and p.device == held.device and p.shape == held.shape
-                for p, (held, version) in zip(params, self._cache[0])):
-            self._cache = ([(p.detach(), p._version) for p in params], self._exact_kernel())
+        if self._cache is None or not all(map(_same_bits, params, self._cache[0])):
+            self._cache = ([p.detach().clone() for p in params], self._exact_kernel())
         return self._cache[1]
 
-    def _train_forward(self, input: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """The convolution through :class:`.DOConvFunction`, padded as nn.Conv2d pads: symmetric
-        zero padding by the convolution, any other by ``F.pad`` first."""
-        pad = self._reversed_padding_repeated_twice  # (left, right, top, bottom)
-        if self.padding_mode == 'zeros' and pad[0] == pad[1] and pad[2] == pad[3]:
-            padding = (pad[2], pad[0])
-        else:
-            mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
-            input, padding = nn.functional.pad(input, pad, mode=mode), (0, 0)
-        return DOConvFunction.apply(input, self.weight, self.D, self.W_extra, bias, self.stride,
-                                    padding, self.dilation, self.groups, self.keep_kernel)
-
     def train(self, mode: bool = True) -> 'DOConv2d':
-        """Drops the cached kernel on every call, ``eval()`` included: weights edited through
-        ``.data`` leave no other trace, and mmengine's loops call ``model.eval()`` after the hooks
-        that swap weights that way (EMAHook) and before every validation or test."""
-        self._cache = None
+        """Training never reads the cache, so switching to training frees it."""
+        if mode:
+            self._cache = None
         return super().train(mode)
 
     @torch.no_grad()
@@ -189,5 +190,4 @@ class DOConv2d(nn.Conv2d):
         return conv.train(self.training)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f', D_mul={self.D_mul}' + (
-            ', keep_kernel=True' if self.keep_kernel else '')
+        return super().extra_repr() + f', D_mul={self.D_mul}'
