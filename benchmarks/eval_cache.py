@@ -1,11 +1,12 @@
-"""What each ``model.eval()`` call costs a DO-Conv model: the eval cache is dropped and the next
-forward composes every kernel again (in float64, as folding does).
+"""What a DO-Conv model's evaluation costs when its parameters change between batches (an EMA
+swap, a teacher update) and when they do not (``model.eval()`` called before every batch).
 
     python benchmarks/eval_cache.py [--size 512] [--repeats 5]
 
 For Faster R-CNN R50-FPN with DO-Conv across the whole network, batch 1: the median inference
-forward right after ``model.eval()`` (cold: every kernel composed) and with the cache warm, and the
-composition of every kernel alone.
+forward after every parameter was edited through ``.data`` (every kernel composed again, in
+float64 as folding does), after ``model.eval()`` alone (the parameters compared with the copy the
+kernels were composed from, nothing composed), and the stock model's forward, alternating.
 """
 import argparse
 import os.path as osp
@@ -28,41 +29,40 @@ def main(argv=None):
     from mmdet.testing import demo_mm_inputs
     from mmengine.config import Config
     from mmengine.logging import MMLogger
-    from mmengine.registry import MODELS, DefaultScope
-    from mmengine.utils import import_modules_from_strings
 
     from doconv_mm import DOConv2d
+    from doconv_mm.mm.release import build_model, deploy_config
     MMLogger.get_instance('bench', log_level='WARNING')
     cfg = Config.fromfile(osp.join(ROOT, CONFIG))
-    import_modules_from_strings(**cfg.custom_imports)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        torch.manual_seed(0)
-        model = MODELS.build(cfg.model).eval()
+    torch.manual_seed(0)
+    stock = build_model(deploy_config(cfg)).eval()
+    model = build_model(cfg).eval()
+    model.load_state_dict(stock.state_dict())
     layers = [m for m in model.modules() if isinstance(m, DOConv2d) and m.D is not None]
     data = model.data_preprocessor(
         demo_mm_inputs(1, [[3, args.size, args.size]], num_classes=80), False)
 
-    def forward():
+    def forward(m):
         start = time.perf_counter()
         with torch.no_grad():
-            model(**data, mode='predict')
+            m(**data, mode='predict')
         return time.perf_counter() - start
 
-    cold, warm, compose = [], [], []
-    forward()
-    for _ in range(args.repeats):
+    edited, after_eval, plain = [], [], []
+    forward(model), forward(stock)
+    for k in range(args.repeats):
+        for m in layers:  # as an EMA swap edits: through .data, no version counter moves
+            m.weight.data.mul_(1 + 1e-3 * (-1) ** k)
+        edited.append(forward(model))
         model.eval()
-        cold.append(forward())
-        warm.append(forward())
-        start = time.perf_counter()
-        for m in layers:
-            m._exact_kernel()
-        compose.append(time.perf_counter() - start)
-    c, w, k = (statistics.median(v) for v in (cold, warm, compose))
+        after_eval.append(forward(model))
+        stock.eval()
+        plain.append(forward(stock))
+    e, a, p = (statistics.median(v) for v in (edited, after_eval, plain))
     print(f'Faster R-CNN R50-FPN all, {len(layers)} DO-Conv layers, {args.size}x{args.size}, '
-          f'batch 1, {torch.get_num_threads()} threads, torch {torch.__version__}:\n'
-          f'forward after eval(): {c:.3f} s, warm: {w:.3f} s (x{c / w:.3f}); '
-          f'composing every kernel: {k:.3f} s (medians of {args.repeats})')
+          f'batch 1, {torch.get_num_threads()} threads, torch {torch.__version__}, medians of '
+          f'{args.repeats}:\nforward after every parameter changed: {e:.3f} s '
+          f'(x{e / p:.3f} stock); after eval() alone: {a:.3f} s (x{a / p:.3f}); stock: {p:.3f} s')
 
 
 if __name__ == '__main__':

@@ -4,25 +4,23 @@
 The naive layer is the simplest DO-Conv a user could write, as the DO-Conv authors' PyTorch layer
 does it: the kernel composed by one einsum on every forward (in evaluation too), autograd keeping
 that kernel for the backward pass. It shares the DOConv2d's parameters, so all three compute the
-same thing. In each of several fresh processes every figure is the median of alternating runs
-(stock, ours, naive in turn); the figure reported is the median over the processes, with the
-range over them (a process's allocator and thread placement move some figures by more than the
-runs within one process vary).
+same thing. Evaluation is measured twice: ``eval()`` called once (mmengine's loops) and before
+every batch (mean-teacher style teachers, users' own loops). In each of several fresh processes
+every figure is the median of alternating runs (stock, ours, naive in turn); the figure reported
+is the median over the processes, with the range over them (a process's allocator and thread
+placement move some figures by more than the runs within one process vary).
 
 Memory is what a training forward leaves saved for its backward pass beyond the input and the
 parameters (which every variant keeps), counted by ``saved_tensors_hooks``: 0 for ``nn.Conv2d``.
-The composition is timed alone as the layer runs it: forward, and what one training step of ours
-composes (``K`` in forward, ``K`` again in backward, then the gradients written over ``dL/dK``),
-beside the naive layer's (one einsum forward, autograd backward). Its floor is the larger of the
-arithmetic (``2 C_out C_in/groups MN D_mul`` flops per composition or gradient, at this machine's
-float32 matmul rate, measured on a 1024^3 matmul in the same run) and the memory traffic (in
-kernel-sized copies timed in the same alternation: 1 for a composition, 1.5 for the gradients).
+The composition is timed alone as the layer runs it, forward and in a training step (``K``
+composed, then its gradients by autograd), beside the naive layer's einsum. Its floor is the
+larger of the arithmetic (``2 C_out C_in/groups MN D_mul`` flops per composition or gradient, at
+this machine's float32 matmul rate, measured on a 1024^3 matmul in the same run) and the memory
+traffic (in kernel-sized copies timed in the same alternation: 1 for a composition, 1.5 for each
+of the two gradients).
 """
-import copy
 import functools
 import platform
-import statistics
-import time
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -30,8 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from doconv_mm.core import DOConv2d, _ext
-from doconv_mm.core.compose import compose, compose_grads
+from doconv_mm.core import DOConv2d, do_conv_kernel
 from .timing import alternate, in_fresh_process, median_over, range_over
 
 # (in, out, groups, feature size): ResNet 3x3 convs per stage, DeepLabv3's ASPP (2048 -> 512),
@@ -87,7 +84,7 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * 1024**3 / alternate([lambda: a @ b], repeats)[0] / 1e9
 
 
-VARIANTS = ('stock', 'ours', 'ours keep_kernel', 'naive')
+VARIANTS = ('stock', 'ours', 'naive')
 
 
 def make_layers(c_in: int, c_out: int, groups: int, size: int):
@@ -119,9 +116,7 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
     alone (ours, naive) and the bytes saved for backward. The input needs a gradient, as for every
     layer but a network's first."""
     stock, ours, x = make_layers(c_in, c_out, groups, size)
-    keep = copy.deepcopy(ours)
-    keep.keep_kernel = True
-    layers = (stock, ours, keep, NaiveDOConv2d(ours))
+    layers = (stock, ours, NaiveDOConv2d(ours))
     train_step = functools.partial(training_step, x=x)
 
     def forward(m):
@@ -131,95 +126,47 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
         return fwd
 
     def infer(m):
-        m.eval()  # once, as mmengine's val and test loops do (each eval() call drops the cache)
+        m.eval()  # once, as mmengine's val and test loops do
 
         def fwd():
             with torch.no_grad():
                 m(x)
         return fwd
 
+    def infer_after_eval(m):
+        def fwd():
+            m.eval()
+            with torch.no_grad():
+                m(x)
+        return fwd
+
     row = dict(shape=shape_name(c_in, c_out, groups, size))
-    for what, make in (('train', train_step), ('fwd', forward), ('eval', infer)):
+    for what, make in (('train', train_step), ('fwd', forward), ('eval', infer),
+                       ('eval_each', infer_after_eval)):
         times = alternate([make(m) for m in layers], repeats)
         row[f'stock_{what}_ms'] = times[0] * 1e3
         row[what] = {name: t / times[0] for name, t in zip(VARIANTS[1:], times[1:])}
     w, D = ours.weight.detach(), ours.D.detach()
-    G, grad_buf = torch.randn_like(w), torch.empty_like(w)
-
-    def ours_step():  # what a training step of ours composes: K twice, then the gradients
-        compose(w, D, None, transient=True)
-        compose(w, D, None, transient=True)
-        grad_buf.copy_(G)  # dL/dK as convolution_backward hands it over, fresh each step
-        compose_grads(grad_buf, w, D, None, (True, True, False), reuse_grad=True)
-
+    G, copy_buf = torch.randn_like(w), torch.empty_like(w)
     w_leaf, D_leaf = w.detach().requires_grad_(), D.detach().requires_grad_()
-
-    def naive_step():  # the naive layer's: K once, its gradients by autograd
-        naive_kernel(w_leaf, D_leaf).backward(G)
-
     with torch.no_grad():
-        comp = alternate([lambda: compose(w, D, None, transient=True),
-                          lambda: naive_kernel(w, D), lambda: grad_buf.copy_(w)], repeats)
-    comp_step = alternate([ours_step, naive_step], repeats)
+        comp = alternate([lambda: do_conv_kernel(w, D), lambda: naive_kernel(w, D),
+                          lambda: copy_buf.copy_(w)], repeats)
+    leaves = [w_leaf, D_leaf]
+    comp_step = alternate([lambda: torch.autograd.grad(do_conv_kernel(*leaves), leaves, G),
+                           lambda: torch.autograd.grad(naive_kernel(*leaves), leaves, G)],
+                          repeats)
     flops = 2 * c_out * (c_in // groups) * 9 * ours.D_mul
     # floors: the multiply-adds at the matmul rate, or the memory traffic, in kernel-sized copies
     # (read one kernel-sized tensor, write one): forward, read W and write K = 1; a training
-    # step of ours, two such compositions + refreshing dL/dK (1) + its gradients (read dL/dK and
-    # W, write dW: 1.5) = 4.5, at 4 times the forward's arithmetic
+    # step, the composition (1) and the two gradients (read dL/dK and W, write dW: 1.5; read
+    # dL/dK and W: 1), at 3 times the forward's arithmetic
     floor = max(flops / gflops / 1e9, comp[2])
-    floor_step = max(4 * flops / gflops / 1e9, 4.5 * comp[2])
+    floor_step = max(3 * flops / gflops / 1e9, 3.5 * comp[2])
     row.update(compose_ms=[comp[0] * 1e3, comp[1] * 1e3, floor * 1e3],
                compose_step_ms=[comp_step[0] * 1e3, comp_step[1] * 1e3, floor_step * 1e3],
                floor_arith_ms=flops / gflops / 1e6, copy_ms=comp[2] * 1e3,
                saved_mb={name: saved_bytes(m, x) / 2**20 for name, m in zip(VARIANTS, layers)})
-    return row
-
-
-class _TimedExtension:
-    """The compiled composition with a timer around each call (seconds per function name)."""
-
-    def __init__(self, ext) -> None:
-        self.ext, self.seconds = ext, {'compose': [], 'compose_grads': []}
-
-    def __getattr__(self, name):
-        fn = getattr(self.ext, name)
-
-        def timed(*args):
-            start = time.perf_counter()
-            out = fn(*args)
-            self.seconds[name].append(time.perf_counter() - start)
-            return out
-        return timed if name in self.seconds else fn
-
-
-def profile_shape(c_in: int, c_out: int, groups: int, size: int, steps: int) -> dict:
-    """Where one training step's time goes, stock against ours (ms per step): step medians of
-    alternating runs; the convolutions' own time (torch.profiler, self CPU time of
-    aten::mkldnn_convolution and aten::convolution_backward, in profiled runs); ours' compiled
-    compositions and gradient sweep (timers around the compiled calls, in further runs)."""
-    stock, ours, x = make_layers(c_in, c_out, groups, size)
-    steps_fns = [training_step(stock, x), training_step(ours, x)]
-    medians = alternate(steps_fns, steps)
-    row = dict(shape=shape_name(c_in, c_out, groups, size), step_ms=[t * 1e3 for t in medians])
-    for name, fn in zip(('stock', 'ours'), steps_fns):
-        with torch.profiler.profile() as prof:
-            for _ in range(steps):
-                fn()
-        own = {e.key: e.self_cpu_time_total / steps / 1e3 for e in prof.key_averages()}
-        row[f'{name}_conv_ms'] = [own.get('aten::mkldnn_convolution', 0.0),
-                                  own.get('aten::convolution_backward', 0.0)]
-    ext = _ext.load()
-    if ext is not None:
-        timed = _TimedExtension(ext)
-        _ext._state['module'] = timed
-        try:
-            for _ in range(steps):
-                steps_fns[1]()
-        finally:
-            _ext._state['module'] = ext
-        row['compose_ms'] = statistics.median(timed.seconds['compose']) * 1e3
-        row['compose_calls'] = len(timed.seconds['compose']) / steps
-        row['grads_ms'] = statistics.median(timed.seconds['compose_grads']) * 1e3
     return row
 
 
@@ -235,21 +182,14 @@ def measure(repeats: int, shapes: Sequence[tuple]) -> dict:
                 layers=[bench_shape(*shape, repeats, gflops) for shape in shapes])
 
 
-def measure_profile(repeats: int, shapes: Sequence[tuple]) -> dict:
-    """One process's step profile for every shape (see :func:`run`)."""
-    return dict(machine=_machine(), repeats=repeats,
-                layers=[profile_shape(*shape, repeats) for shape in shapes])
-
-
-def run(repeats: int = 9, shapes=SHAPES, processes: int = 5, profile: bool = False) -> dict:
-    """Every shape's figures (``profile``: where a training step's time goes), measured in
-    ``processes`` fresh processes one after the other: each figure is the median over the
-    processes of each process's median; ``spread`` holds each figure's ``[lowest, highest]`` over
-    the processes, and ``per_process`` every process's own figures."""
+def run(repeats: int = 9, shapes=SHAPES, processes: int = 5) -> dict:
+    """Every shape's figures, measured in ``processes`` fresh processes one after the other: each
+    figure is the median over the processes of each process's median; ``spread`` holds each
+    figure's ``[lowest, highest]`` over the processes, and ``per_process`` every process's own
+    figures."""
     if processes < 1:
         raise ValueError(f'processes={processes}: need at least one')
-    fn = measure_profile if profile else measure
-    per_process = [in_fresh_process(fn, repeats, list(shapes)) for _ in range(processes)]
+    per_process = [in_fresh_process(measure, repeats, list(shapes)) for _ in range(processes)]
     result = median_over(per_process)
     result.update(repeats=repeats, processes=processes, spread=range_over(per_process),
                   per_process=per_process)
@@ -267,22 +207,6 @@ def _header(result: dict) -> str:
             f"{result['repeats']} alternating runs, (lowest-highest) over the processes")
 
 
-def profile_markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; {_header(result)}.", '',
-             '| layer | step ms: stock / ours | convolution fwd ms: stock / ours | convolution bwd '
-             'ms: stock / ours | ours: composition ms x calls per step | ours: gradient sweep ms |',
-             '| --- | --- | --- | --- | --- | --- |']
-    for r, s in zip(result['layers'], result['spread']['layers']):
-        comp = (f"{_fig(r['compose_ms'], s['compose_ms'])} x {r['compose_calls']:.0f} | "
-                f"{_fig(r['grads_ms'], s['grads_ms'])}" if 'compose_ms' in r
-                else 'not compiled | not compiled')
-        step = ' / '.join(_fig(r['step_ms'][k], s['step_ms'][k]) for k in (0, 1))
-        conv = [' / '.join(_fig(r[f'{who}_conv_ms'][k], s[f'{who}_conv_ms'][k])
-                           for who in ('stock', 'ours')) for k in (0, 1)]
-        lines.append(f"| {r['shape']} | {step} | {conv[0]} | {conv[1]} | {comp} |")
-    return '\n'.join(lines)
-
-
 def markdown(result: dict) -> str:
     names = VARIANTS[1:]
     lines = [f"Machine: {result['machine']}; float32 matmul {result['matmul_gflops']:.0f} GFLOP/s; "
@@ -291,7 +215,7 @@ def markdown(result: dict) -> str:
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
     for r, s in zip(result['layers'], result['spread']['layers']):
         for what, label in (('train', 'fwd+bwd'), ('fwd', 'training fwd'),
-                            ('eval', 'eval')):
+                            ('eval', 'eval'), ('eval_each', 'eval, eval() per batch')):
             key = f'stock_{what}_ms'
             lines.append(f"| {r['shape']} | {label} | {_fig(r[key], s[key])} ms | "
                          + ' | '.join(_fig(r[what][n], s[what][n]) for n in names) + ' |')

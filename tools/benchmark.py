@@ -1,13 +1,13 @@
 """DO-Conv's cost against plain convolutions, measured side by side.
 
-    python tools/benchmark.py --layers [--profile] [--repeats N] [--processes N] [--json FILE]
+    python tools/benchmark.py --layers [--repeats N] [--processes N] [--json FILE]
     python tools/benchmark.py [--quick] [--json FILE] [--repeats N] [--sizes 256 512]
     python tools/benchmark.py --device cuda [--amp fp16|bf16] [--channels-last] [--quick]
 
 --layers: DOConv2d against nn.Conv2d and against the naive einsum composition (the DO-Conv
 authors' way), per layer shape: training step, training forward, evaluation, the composition
 alone against its arithmetic floor, and the memory saved for backward (torch only;
-benchmarks/layers.py); with --profile, where a training step's time goes instead. Each figure is
+benchmarks/layers.py). Each figure is
 the median over --processes fresh processes of each process's median of --repeats alternating
 runs, printed with its range over the processes.
 --device (torch only, any device): torchvision's Faster R-CNN R50-FPN (1333x800) and DeepLabv3 R50
@@ -38,9 +38,6 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--layers', action='store_true',
                         help='the layer table only (needs torch only)')
-    parser.add_argument('--profile', action='store_true',
-                        help='with --layers: where a training step\'s time goes, per shape '
-                        '(convolutions, compositions, gradient sweep)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny run for a smoke test: two small layer shapes, or one model '
                         'size without memory')
@@ -70,8 +67,6 @@ def main(argv=None):
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if any(size < 32 for size in args.sizes):
         parser.error(f'--sizes must be >= 32 px each, got {args.sizes}')
-    if args.profile and not args.layers:
-        parser.error('--profile needs --layers')
     if (args.amp or args.channels_last) and not args.device:
         parser.error('--amp and --channels-last need --device')
     names = DEVICE_MODELS if args.device and not args.layers else MODEL_NAMES
@@ -87,8 +82,8 @@ def main(argv=None):
         print(torch_models.markdown(result))
     elif args.layers:
         shapes = [(32, 32, 1, 16), (32, 32, 4, 16)] if args.quick else layers.SHAPES
-        result = layers.run(args.repeats, shapes, args.processes, args.profile)
-        print((layers.profile_markdown if args.profile else layers.markdown)(result))
+        result = layers.run(args.repeats, shapes, args.processes)
+        print(layers.markdown(result))
     else:
         from benchmarks.models import markdown, run
         result = run(ROOT, args.sizes, args.repeats, args.mem_repeats, args.quick, args.models,

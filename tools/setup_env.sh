@@ -79,8 +79,5 @@ pip check || die "pip check found inconsistent requirements (above)"
 
 "$PY" -c 'import doconv_mm, mmdet, mmseg; from mmcv.ops import RoIAlign, nms' \
     || die "the environment does not import (doconv_mm, mmdet, mmseg, mmcv.ops); see the error above"
-say "building doconv_mm's compiled CPU composition (once per machine, under ~/.cache/torch_extensions)"
-"$PY" -c 'from doconv_mm.core import _ext; _ext.load(verbose=False) or exit(_ext.unavailable_reason())' \
-    || die "building doconv_mm/core/csrc/compose.cpp failed (reason above; a C++ compiler is needed)"
 echo "$want" > "$STAMP"
 say "done: $VENV is ready"

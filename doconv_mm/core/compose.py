@@ -5,7 +5,8 @@ Names follow the paper: for an M x N kernel (MN = M*N), ``D`` maps each input ch
 values to ``D_mul`` features and ``W = [weight | W_extra]`` maps those to the outputs. With
 ``c = group(o) * C_in/groups + i`` the global input channel of row ``o``'s column ``i``::
 
-    K[o, i, m] = sum_s W[o, i, s] (D[c, m, s] + I[m, s]) = weight[o, i, m] + sum_s W[o, i, s] D[c, m, s]
+    K[o, i, m] = sum_s W[o, i, s] (D[c, m, s] + I[m, s])
+               = weight[o, i, m] + sum_s W[o, i, s] D[c, m, s]
 """
 from typing import Optional
 
@@ -31,8 +32,8 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
     if W_extra is not None:
         W = torch.cat([W, W_extra], 2)
     # one (C_out/groups x D_mul) @ (D_mul x MN) product per global input channel: batched matmul
-    W = W.view(groups, c_out // groups, c_in_g, -1).transpose(1, 2).reshape(groups * c_in_g,
-                                                                             c_out // groups, -1)
+    W = W.view(groups, c_out // groups, c_in_g, -1).transpose(1, 2)
+    W = W.reshape(groups * c_in_g, c_out // groups, -1)
     DI = (D + torch.eye(mn, D.shape[2], dtype=D.dtype, device=D.device)).transpose(1, 2)
     if autocast_dtype(weight.device.type) is None:  # entering autocast costs every call
         K = torch.bmm(W, DI)

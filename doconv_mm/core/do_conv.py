@@ -29,13 +29,22 @@ except (OSError, AttributeError, TypeError):  # no C library to load by that nam
 
 
 def _same_bits(param: Tensor, held: Tensor) -> bool:
-    """Whether ``param`` holds the same values as ``held``, bit for bit on contiguous CPU tensors."""
+    """Whether ``param`` holds the values of ``held``: bit for bit (contiguous, on the CPU)."""
     if (param.shape, param.stride(), param.dtype, param.device) != (
             held.shape, held.stride(), held.dtype, held.device):
         return False
     if _memcmp is not None and param.device.type == 'cpu' and param.is_contiguous():
         return _memcmp(param.data_ptr(), held.data_ptr(), param.numel() * param.element_size()) == 0
     return torch.equal(param, held)
+
+
+def _replicate_pad(x: Tensor, pad: List[int]) -> Tensor:
+    """``F.pad(x, pad, mode='replicate')`` (``pad``: left, right, top, bottom) as an index with
+    clamped positions, whose backward is an index_add."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(-pad[2], h + pad[3], device=x.device).clamp(0, h - 1)
+    cols = torch.arange(-pad[0], w + pad[1], device=x.device).clamp(0, w - 1)
+    return x[..., rows[:, None], cols]
 
 
 class DOConv2d(nn.Conv2d):
@@ -126,6 +135,12 @@ class DOConv2d(nn.Conv2d):
                 self.training or torch.jit.is_tracing() or is_compiling()
                 or torch.is_grad_enabled() and any(p.requires_grad for p in self._do_params())):
             return super()._conv_forward(input, self._cached_kernel(), bias)
+        if self.padding_mode == 'replicate' and is_compiling():
+            # inductor (torch 2.13) mispredicts the strides of replication_pad2d_backward's
+            # output and fails, for nn.Conv2d as well: the same padding by indexing instead
+            return nn.functional.conv2d(
+                _replicate_pad(input, self._reversed_padding_repeated_twice), self.kernel(weight),
+                bias, self.stride, 0, self.dilation, self.groups)
         return super()._conv_forward(input, self.kernel(weight), bias)
 
     def _cached_kernel(self) -> Tensor:

@@ -11,7 +11,7 @@ class ConvCfgRPNHead(RPNHead):
 
     The stock head hard-codes ``nn.Conv2d`` and takes no ``conv_cfg``. Modules, parameter names and
     initialisation are the stock head's, so with ``conv_cfg=None`` it *is* the stock head, and a
-    folded checkpoint loads into the stock ``RPNHead`` (see ``doconv_mm.mm.deploy``).
+    folded checkpoint loads into the stock ``RPNHead`` (see ``doconv_mm.mm.release.deploy_config``).
     """
 
     def __init__(self, *args, conv_cfg: OptConfigType = None, **kwargs) -> None:
