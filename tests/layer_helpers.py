@@ -1,4 +1,6 @@
 """Tolerances and helpers shared by the layer tests (torch only)."""
+import shutil
+
 import torch
 
 # Tolerances: float64 layer vs float64 reference 1e-10 (relative to the output's scale);
@@ -28,4 +30,13 @@ def cuda_unavailable():
     if not torch.cuda.is_available():
         return (f'CUDA is not available (torch {torch.__version__}, built for CUDA '
                 f'{torch.version.cuda})')
+    return None
+
+
+def compile_unavailable():
+    """Why torch.compile (inductor on the CPU) cannot run here, or None where it can."""
+    if not hasattr(torch, 'compile'):
+        return 'torch.compile needs torch >= 2.0'
+    if shutil.which('c++') is None and shutil.which('g++') is None:
+        return "torch.compile's CPU backend needs a C++ compiler"
     return None

@@ -93,7 +93,8 @@ class DOConv2d(nn.Conv2d):
         self.W_extra = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
             if self.D_mul > mn else None
-        self._cache = None  # ([copy of each parameter], kernel): evaluation without gradients
+        self._cache = None  # dict(copies, refs, kernel): evaluation without gradients
+        self._trusted = False  # the cache's references checked since the last train()/eval()
         self._init_do_params()
 
     def _init_do_params(self) -> None:
@@ -144,16 +145,28 @@ class DOConv2d(nn.Conv2d):
         return super()._conv_forward(input, self.kernel(weight), bias)
 
     def _cached_kernel(self) -> Tensor:
-        """The float64-composed kernel, reused while the parameters hold exactly the bits it was
-        composed from: a copy of them is compared in memory at every call, so no edit (in place,
-        by replacement, through ``.data`` as mmengine's EMAHook makes) leaves it stale."""
-        params = self._do_params()
-        if self._cache is None or not all(map(_same_bits, params, self._cache[0])):
-            self._cache = ([p.detach().clone() for p in params], self._exact_kernel())
-        return self._cache[1]
+        """The float64-composed kernel, reused while the parameters hold the values it was composed
+        from. Between two ``train()``/``eval()`` calls it trusts each parameter's version counter
+        and memory (in-place edits and replacements move them); the first forward after such a
+        call compares the parameters with a copy, byte for byte, which also sees edits through
+        ``.data`` (mmengine's EMAHook swaps weights that way, then its loops call ``eval()``)."""
+        params, cache = self._do_params(), self._cache
+        if cache is not None and self._trusted and all(
+                p._version == version and p.data_ptr() == ref.data_ptr()
+                for p, (ref, version) in zip(params, cache['refs'])):
+            return cache['kernel']
+        if cache is None or len(params) != len(cache['copies']) or not all(
+                map(_same_bits, params, cache['copies'])):
+            cache = dict(copies=[p.detach().clone() for p in params], kernel=self._exact_kernel())
+        # references keep the storage alive, so no other tensor can take its address
+        cache['refs'] = [(p.detach(), p._version) for p in params]
+        self._cache, self._trusted = cache, True
+        return cache['kernel']
 
     def train(self, mode: bool = True) -> 'DOConv2d':
-        """Training never reads the cache, so switching to training frees it."""
+        """Training never reads the cache, so switching to training frees it; ``eval()`` has the
+        next forward compare the parameters with the cache's copy."""
+        self._trusted = False
         if mode:
             self._cache = None
         return super().train(mode)

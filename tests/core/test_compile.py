@@ -2,14 +2,13 @@
 grouping (DO-Conv, DO-GConv, DO-DConv) and every padding mode, in one compiled network."""
 import copy
 import itertools
-import shutil
 
 import pytest
 import torch
 import torch.nn as nn
 
 from doconv_mm import DOConv2d
-from layer_helpers import rel_err, trained_like
+from layer_helpers import compile_unavailable, rel_err, trained_like
 
 # compiled against eager float32, relative to the largest value: the two run the same float32
 # operators in other orders and fusions (and eager evaluation convolves the float64-composed
@@ -17,14 +16,6 @@ from layer_helpers import rel_err, trained_like
 TOL_COMPILE = 1e-4
 MODES = ('zeros', 'reflect', 'replicate', 'circular')
 GROUPS = (1, 2, 8)  # DO-Conv, DO-GConv, DO-DConv
-
-
-def compile_unavailable():
-    if not hasattr(torch, 'compile'):
-        return 'torch.compile needs torch >= 2.0'
-    if shutil.which('c++') is None and shutil.which('g++') is None:
-        return "torch.compile's CPU backend needs a C++ compiler"
-    return None
 
 
 def every_case_net():

@@ -3,14 +3,13 @@ the plain network back, before and after training; under autocast (with a GradSc
 channels_last and torch.compile as in float32 eager mode; on every device (conftest.py)."""
 import copy
 import logging
-import shutil
 
 import pytest
 import torch
 import torch.nn as nn
 
 from doconv_mm import DOConv2d, convert, count_do_convs, fold_model
-from layer_helpers import TOL32, cuda_unavailable, rel_err
+from layer_helpers import TOL32, compile_unavailable, cuda_unavailable, rel_err
 from reference import two_stage
 
 # float32 outputs of two equal functions computed by different kernels (DO-Conv vs folded):
@@ -255,14 +254,6 @@ def test_channels_last_gives_the_contiguous_outputs_and_gradients(device):
         x_cl = x.contiguous(memory_format=torch.channels_last)
         assert rel_err(do_cl(x_cl), do(x)) < TOL32
         assert rel_err(fold_model(do_cl)(x_cl), do(x)) < TOL32
-
-
-def compile_unavailable():
-    if not hasattr(torch, 'compile'):
-        return 'torch.compile needs torch >= 2.0'
-    if shutil.which('c++') is None and shutil.which('g++') is None:
-        return "torch.compile's CPU backend needs a C++ compiler"
-    return None
 
 
 @pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))

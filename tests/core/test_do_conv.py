@@ -358,12 +358,12 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change(device):
     x = torch.randn(1, 4, 5, 5)
     with torch.no_grad():
         out1 = conv(x)
-        k1 = conv._cache[1]
-        assert torch.equal(conv(x), out1) and conv._cache[1] is k1
+        k1 = conv._cache['kernel']
+        assert torch.equal(conv(x), out1) and conv._cache['kernel'] is k1
         assert k1.is_contiguous()  # a strided kernel would be reordered by every convolution
         conv.D.add_(0.5)  # an in-place change, as an optimizer step makes
         out2 = conv(x)
-    assert conv._cache[1] is not k1
+    assert conv._cache['kernel'] is not k1
     assert rel_err(out2, two_stage(x, conv)) < TOL32
     # with gradients needed the kernel is composed afresh and nothing is cached
     conv.train()
@@ -372,10 +372,11 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change(device):
 
 
 def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
-    """Without any mode switch in between, the cached kernel is composed again exactly when a
-    parameter's values, dtype or device change, however they change (in place, replaced, through
-    ``.data``, which moves no version counter, as mmengine's EMAHook and mmdet's MeanTeacherHook
-    edit), and kept while they do not: it is never stale."""
+    """The cached kernel is composed again exactly when a parameter's values, dtype or device
+    change, and kept while they do not: in place or by replacement without any mode call in
+    between (version counters, memory), through ``.data`` (which moves no version counter, as
+    mmengine's EMAHook and mmdet's MeanTeacherHook edit) at the next ``eval()`` call, which
+    mmengine's loops make after those hooks."""
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11)).eval()
     x = torch.randn(1, 4, 5, 5)
@@ -384,8 +385,8 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
         with torch.no_grad():
             out = conv(x.to(conv.weight.dtype))
         assert rel_err(out, two_stage(x, conv)) < TOL32  # never a stale kernel
-        assert conv._cache[1].dtype == conv.weight.dtype
-        return conv._cache[1]
+        assert conv._cache['kernel'].dtype == conv.weight.dtype
+        return conv._cache['kernel']
 
     @torch.no_grad()
     def scale_W_extra():
@@ -404,8 +405,9 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
         'load_state_dict': lambda: conv.load_state_dict(
             {k: v + 0.1 for k, v in conv.state_dict().items()}),
         'in-place edit of W_extra': scale_W_extra,
-        'one element of D through .data': lambda: conv.D.data[3, 1, 2].add_(0.5),
-        'EMA swap through .data': ema_swap,
+        'one element of D through .data, then eval()': lambda: (
+            conv.D.data[3, 1, 2].add_(0.5), conv.eval()),
+        'EMA swap through .data, then eval()': lambda: (ema_swap(), conv.eval()),
         '.to(float64)': lambda: conv.double(),
         'back to float32': lambda: conv.float(),
         'weight.data replaced': lambda: setattr(conv.weight, 'data', conv.weight.data * 0.5),
@@ -416,9 +418,11 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
         new = forward_checked()
         assert new is not kernel, what
         kernel = new
-    # the same values in new memory (a round trip, a copy) keep the kernel
+    # the same values in new memory (a round trip, a copy) keep the kernel, as does eval()
     conv.weight.data = conv.weight.data.clone()
     conv.D = nn.Parameter(conv.D.detach().clone())
+    assert forward_checked() is kernel
+    conv.eval()
     assert forward_checked() is kernel
 
 
@@ -434,7 +438,7 @@ def test_eval_and_train_calls_and_training_mode(device):
         with torch.no_grad():
             out = conv(x)
         assert rel_err(out, two_stage(x, conv)) < TOL32
-        return None if conv._cache is None else conv._cache[1]
+        return None if conv._cache is None else conv._cache['kernel']
 
     kernel = forward_checked()
     net.eval()
