@@ -4,9 +4,10 @@ swap, a teacher update) and when they do not (``model.eval()`` called before eve
     python benchmarks/eval_cache.py [--size 512] [--repeats 5]
 
 For Faster R-CNN R50-FPN with DO-Conv across the whole network, batch 1: the median inference
-forward after every parameter was edited through ``.data`` (every kernel composed again, in
-float64 as folding does), after ``model.eval()`` alone (the parameters compared with the copy the
-kernels were composed from, nothing composed), and the stock model's forward, alternating.
+forward after every parameter was edited through ``.data`` and ``model.eval()`` called (every
+kernel composed again, in float64 as folding does), after ``model.eval()`` alone (the parameters
+compared with the copy the kernels were composed from, nothing composed), and the stock model's
+forward after ``stock.eval()``, alternating.
 """
 import argparse
 import os.path as osp
@@ -53,6 +54,7 @@ def main(argv=None):
     for k in range(args.repeats):
         for m in layers:  # as an EMA swap edits: through .data, no version counter moves
             m.weight.data.mul_(1 + 1e-3 * (-1) ** k)
+        model.eval()  # as mmengine's loops call it after EMAHook's swap
         edited.append(forward(model))
         model.eval()
         after_eval.append(forward(model))
