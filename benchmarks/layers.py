@@ -125,24 +125,19 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
             m(x)
         return fwd
 
-    def infer(m):
-        m.eval()  # once, as mmengine's val and test loops do
+    def infer(m, eval_each=False):
+        m.eval()  # once, as mmengine's val and test loops do, or before every batch
 
         def fwd():
-            with torch.no_grad():
-                m(x)
-        return fwd
-
-    def infer_after_eval(m):
-        def fwd():
-            m.eval()
+            if eval_each:
+                m.eval()
             with torch.no_grad():
                 m(x)
         return fwd
 
     row = dict(shape=shape_name(c_in, c_out, groups, size))
     for what, make in (('train', train_step), ('fwd', forward), ('eval', infer),
-                       ('eval_each', infer_after_eval)):
+                       ('eval_each', functools.partial(infer, eval_each=True))):
         times = alternate([make(m) for m in layers], repeats)
         row[f'stock_{what}_ms'] = times[0] * 1e3
         row[what] = {name: t / times[0] for name, t in zip(VARIANTS[1:], times[1:])}

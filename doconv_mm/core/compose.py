@@ -8,6 +8,7 @@ values to ``D_mul`` features and ``W = [weight | W_extra]`` maps those to the ou
     K[o, i, m] = sum_s W[o, i, s] (D[c, m, s] + I[m, s])
                = weight[o, i, m] + sum_s W[o, i, s] D[c, m, s]
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -35,11 +36,11 @@ def do_conv_kernel(weight: Tensor, D: Optional[Tensor], W_extra: Optional[Tensor
     W = W.view(groups, c_out // groups, c_in_g, -1).transpose(1, 2)
     W = W.reshape(groups * c_in_g, c_out // groups, -1)
     DI = (D + torch.eye(mn, D.shape[2], dtype=D.dtype, device=D.device)).transpose(1, 2)
-    if autocast_dtype(weight.device.type) is None:  # entering autocast costs every call
+    # composed in the parameters' dtype (the convolution runs in autocast's); autocast is left
+    # only where it is on, as entering it costs every call
+    with (contextlib.nullcontext() if autocast_dtype(weight.device.type) is None
+          else torch.autocast(weight.device.type, enabled=False)):
         K = torch.bmm(W, DI)
-    else:  # composed in the parameters' dtype; the convolution runs in autocast's
-        with torch.autocast(weight.device.type, enabled=False):
-            K = torch.bmm(W, DI)
     # contiguous: a strided kernel makes the convolution copy it, and slower than this
     return K.view(groups, c_in_g, c_out // groups, mn).transpose(1, 2).contiguous().view(
         weight.shape)

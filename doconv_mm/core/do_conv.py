@@ -151,12 +151,13 @@ class DOConv2d(nn.Conv2d):
         call compares the parameters with a copy, byte for byte, which also sees edits through
         ``.data`` (mmengine's EMAHook swaps weights that way, then its loops call ``eval()``)."""
         params, cache = self._do_params(), self._cache
+        if cache is not None and len(params) != len(cache['copies']):
+            cache = None  # a parameter added or removed
         if cache is not None and self._trusted and all(
                 p._version == version and p.data_ptr() == ref.data_ptr()
                 for p, (ref, version) in zip(params, cache['refs'])):
             return cache['kernel']
-        if cache is None or len(params) != len(cache['copies']) or not all(
-                map(_same_bits, params, cache['copies'])):
+        if cache is None or not all(map(_same_bits, params, cache['copies'])):
             cache = dict(copies=[p.detach().clone() for p in params], kernel=self._exact_kernel())
         # references keep the storage alive, so no other tensor can take its address
         cache['refs'] = [(p.detach(), p._version) for p in params]
