@@ -15,6 +15,8 @@ OPTIONAL = {
     'mmcv': ('doconv_mm.mm (the OpenMMLab integration)', 'mm'),
     'mmdet': ('doconv_mm.mm.det (the mmdet adapters)', 'det'),
     'mmseg': ('a segmentation config', 'seg'),
+    'onnx': ('--engine onnxruntime', 'onnx'),
+    'onnxruntime': ('--engine onnxruntime', 'onnx'),
 }
 
 

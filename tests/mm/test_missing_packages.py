@@ -114,6 +114,16 @@ def test_segmentation_config_without_mmseg_names_mmseg():
     assert 'pip install "doconv_mm[seg]"' in out
 
 
+def test_quant_check_engine_without_onnxruntime_names_the_extra(tmp_path):
+    out = tmp_path / 'report.md'
+    err = run_blocked('onnxruntime', [osp.join(ROOT, 'tools/quant_check.py'), DET_CFG, DET_CFG,
+                                      '--engine', 'onnxruntime', '--out', str(out)], expect=1)
+    assert err.strip() == ('quant_check.py: error: --engine onnxruntime needs onnxruntime, which '
+                           'is not installed; install it with pip install "doconv_mm[onnx]" (or '
+                           'add onnxruntime to the environment you use with OpenMMLab)'), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp('missing_packages')

@@ -94,3 +94,66 @@ def test_bad_input(case, checked, workspace):
     assert not out.exists() and not out.with_suffix('.json').exists()
     assert sha(checked[1]) == digest
     assert not [p for p in os.listdir(tmp) if p.startswith('.tmp-')]
+
+
+@pytest.fixture(scope='module')
+def engine_checked(checked, workspace):
+    """The same release and DO-Conv checkpoint on onnxruntime."""
+    tmp = checked[0]
+    out = run(tool('quant_check.py', str(tmp / 'release.py'), str(tmp / 'release.pth'),
+                   '--baseline', DO_CFG, str(checked[1]), '--calib', '3', '--engine',
+                   'onnxruntime', '--repeats', '3', '--work-dir', str(tmp / 'w-ort'),
+                   '--out', str(tmp / 'ort.md'), *KEEP_ALL), workspace)
+    return out, json.loads((tmp / 'ort.json').read_text())
+
+
+# the engine quantizes more than the simulation (the inputs of adds, pooling and upsampling too),
+# so its raw outputs' SQNR sits below the simulation's int8 weights + activations, within this band
+ENGINE_BAND_DB = (-8.0, 2.0)
+
+
+def test_engine_report(checked, engine_checked):
+    import onnx
+    tmp, _, _, simulated = checked
+    out, report = engine_checked
+    assert report['engine'] == 'onnxruntime' and report['threads'] >= 1
+    model, baseline = report['models']['model'], report['models']['baseline']
+    for role, m in report['models'].items():
+        assert set(m['metrics']) == {'fp32', 'onnx_fp32', 'onnx_int8'}
+        # the fp32 session is PyTorch to float32 rounding (what fold_ckpt verifies, 1e-4)
+        assert m['onnx_fp32_max_rel_diff'] < 1e-4
+        assert m['metrics']['onnx_fp32']['coco/bbox_mAP'] == pytest.approx(
+            m['metrics']['fp32']['coco/bbox_mAP'], abs=1e-3)
+        sim = simulated['models'][role]['output_sqnr_db']['int8_wa']
+        sqnr = m['output_sqnr_db']['onnx_int8']
+        print(role, 'engine', sqnr, 'simulated', sim)
+        assert 10 < sqnr < 100
+        assert ENGINE_BAND_DB[0] < sqnr - sim < ENGINE_BAND_DB[1]
+        for part, files in m['onnx'].items():
+            for precision in ('fp32', 'int8'):
+                onnx.checker.check_model(files[precision])
+            ops = {n.op_type for n in onnx.load(files['int8']).graph.node}
+            assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+        t = report['latency'][role]
+        for precision in ('fp32', 'int8'):
+            assert 0 < t[precision]['min_ms'] <= t[precision]['median_ms'] <= t[precision]['max_ms']
+    assert sorted(model['onnx']) == ['bbox_head', 'dense']
+    # one network (the release and the checkpoint it was folded from): the same graphs, codes and
+    # figures, layer by layer
+    assert model['metrics'] == baseline['metrics']
+    fp32 = onnx.load(model['onnx']['dense']['fp32'])
+    convs = [n.name for n in fp32.graph.node if n.op_type == 'Conv']
+    gemms = [n.name for n in onnx.load(model['onnx']['bbox_head']['fp32']).graph.node
+             if n.op_type in ('Gemm', 'MatMul')]
+    names = sorted(['dense:' + n for n in convs] + ['bbox_head:' + n for n in gemms])
+    assert sorted(layer['name'] for layer in model['layers']) == names
+    assert [(a['name'], a['sqnr_db']) for a in model['layers']] == [
+        (b['name'], b['sqnr_db']) for b in baseline['layers']]
+    ratio = report['latency_ratio']
+    assert ratio['int8'] == pytest.approx(report['latency']['model']['int8']['median_ms']
+                                          / report['latency']['baseline']['int8']['median_ms'])
+    text = (tmp / 'ort.md').read_text()
+    assert re.search(r'\| model \| release.pth \| 0 \| [\d.]+ \| [\d.]+ \(drop [+-][\d.]+\) \| '
+                     r'[\d.]+ \(drop [+-][\d.]+\) \| [\d.]+e-\d+, [\d.]+ \| [\d.]+, [\d.]+ \(\S+\) '
+                     r'\| [\d.]+, [\d.]+ \|\n', text), text
+    assert 'Latency, model / baseline: fp32 ' in text and '| layer (graph:node) |' in text

@@ -1,0 +1,162 @@
+"""The ONNX Runtime engine (doconv_mm.mm.onnx_engine) on the toy DeepLabv3 built from its config:
+the exported graph against PyTorch, the stand-in inside mmseg's own predict, the int8 graph's
+weight codes against an independent per-channel computation, and what it refuses. (The detector
+runs end to end in tests/tools/test_quant_check.py.)"""
+import pytest
+import torch
+import torch.nn as nn
+
+from doconv_mm import fold_model
+from mm_helpers import build_model, project_config
+from layer_helpers import rel_err
+
+onnx = pytest.importorskip('onnx', reason='onnx is in the tests extra')
+pytest.importorskip('onnxruntime', reason='onnxruntime is in the tests extra')
+pytest.importorskip('mmseg')
+
+from doconv_mm.mm import onnx_engine as engine  # noqa: E402
+from doconv_mm.requirements import UsageError  # noqa: E402
+
+SEG_CFG = 'configs/demo/deeplabv3_r18-d8_doconv-all_toy-cityscapes.py'
+TOL = 1e-4  # the fp32 session against PyTorch, relative to the largest output
+
+
+@pytest.fixture(scope='module')
+def seg(tmp_path_factory):
+    """The folded toy DO-Conv-all DeepLabv3 (random D, so the fold is not the identity), its
+    graphs and a few inputs of two image sizes."""
+    torch.manual_seed(0)
+    model = build_model(project_config(SEG_CFG))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('.D'):
+                p.normal_(0, 0.05)
+        for m in model.modules():  # BN that is not the identity (nor zero: zero_init_residual)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # SyncBN too
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    model = fold_model(model.eval())
+    xs = [torch.randn(1, 3, 64, 128), torch.randn(2, 3, 64, 96), torch.randn(1, 3, 96, 64)]
+    (part, ) = engine.parts(model)
+    folder = tmp_path_factory.mktemp('onnx')
+    fp32, int8 = str(folder / 'net.fp32.onnx'), str(folder / 'net.int8.onnx')
+    engine.export(part, xs[0], fp32)
+    engine.quantize(fp32, int8, xs)
+    return model, part, xs, fp32, int8
+
+
+def test_fp32_session_equals_pytorch_at_every_size(seg):
+    model, part, xs, fp32, _ = seg
+    assert part.name == 'net' and part.entry is model.backbone
+    assert not model.training and not any(m.training for m in model.modules())  # export kept it
+    session = engine.Session(fp32)
+    for x in xs:  # other batch sizes and image sizes than the traced one: dynamic axes
+        with torch.no_grad():
+            expected = model._forward(x)
+        (out, ) = session(x)
+        assert out.shape == expected.shape
+        assert rel_err(out, expected) < TOL
+
+
+def test_running_on_puts_the_session_in_mmseg_predict(seg):
+    from mmseg.structures import SegDataSample
+    model, _, xs, fp32, _ = seg
+    x = xs[0]
+    samples = [SegDataSample(metainfo=dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:],
+                                           pad_shape=x.shape[-2:], padding_size=[0, 0, 0, 0]))]
+    calls = []
+    session = engine.Session(fp32)
+
+    def counted(inputs):
+        calls.append(inputs.shape)
+        return session(inputs)
+
+    with torch.no_grad():
+        expected = model.predict(x, samples)[0].seg_logits.data
+        with engine.running_on(model, {'net': counted}):
+            got = model.predict(x, samples)[0].seg_logits.data
+        assert calls == [x.shape]  # the image went to the graph whole
+        assert rel_err(got, expected) < TOL
+        # left as it was: the modules' own methods again, no instance attributes
+        assert 'forward' not in model.decode_head.__dict__
+        assert 'extract_feat' not in model.__dict__
+        assert torch.equal(model.predict(x, samples)[0].seg_logits.data, expected)
+
+
+def test_int8_graph_holds_symmetric_per_channel_codes(seg):
+    """Every conv's weight in the int8 graph is ``q * s_c`` with ``s_c = max |w_c| / 127`` of
+    the fp32 graph's (BN-folded) weight and ``q = round(w / s_c)``, zero point 0, computed here
+    in float64 from the fp32 graph; the activations' zero points are 0 (symmetric)."""
+    from onnx import numpy_helper
+    _, _, _, fp32, int8 = seg
+    f, q = onnx.load(fp32), onnx.load(int8)
+
+    def tensors(graph):
+        return {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+                for i in graph.initializer}
+
+    f_init, q_init = tensors(f.graph), tensors(q.graph)
+    # the exporter shares equal initializers through Identity nodes
+    alias = {n.output[0]: n.input[0] for n in f.graph.node if n.op_type == 'Identity'}
+    weights = {n.name: f_init[alias.get(n.input[1], n.input[1])] for n in f.graph.node
+               if n.op_type == 'Conv'}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    checked = 0
+    for node in q.graph.node:
+        if node.op_type != 'Conv':
+            continue
+        dq = producers[node.input[1]]
+        assert dq.op_type == 'DequantizeLinear'
+        codes, scale, zero = (q_init[name] for name in dq.input)
+        w = weights[node.name].double()
+        expected_scale = w.flatten(1).abs().amax(dim=1) / 127
+        assert scale.shape == (w.shape[0], )  # per output channel
+        assert torch.allclose(scale.double(), expected_scale, rtol=1e-6, atol=0)
+        assert codes.dtype == torch.int8 and not zero.any()
+        r = w / expected_scale.view(-1, 1, 1, 1)
+        expected = torch.round(r).clamp(-127, 127)
+        # onnxruntime divides in float32: a code may round the other way at a near tie only
+        tie = ((r - r.floor()) - 0.5).abs() < 1e-4
+        assert torch.equal(codes.double()[~tie], expected[~tie])
+        assert (codes.double() - expected).abs().max() <= 1
+        checked += 1
+    assert checked == len(weights) > 10
+    act_zero = [q_init[n.input[2]] for n in q.graph.node if n.op_type == 'QuantizeLinear']
+    assert act_zero and all(z.dtype == torch.int8 and not z.any() for z in act_zero)
+
+
+def test_int8_session_runs_with_a_finite_error(seg):
+    from doconv_mm.core.int8 import sqnr_db
+    model, _, xs, _, int8 = seg
+    with torch.no_grad():
+        expected = model._forward(xs[1])
+    (out, ) = engine.Session(int8)(xs[1])
+    assert 10 < sqnr_db(expected, out) < 60  # int8 of a random network on a calibration input
+
+
+def test_layer_outputs_name_every_conv(seg, tmp_path):
+    _, _, xs, fp32, int8 = seg
+    a = engine.layer_outputs(fp32, xs[0], str(tmp_path))
+    b = engine.layer_outputs(int8, xs[0], str(tmp_path))
+    convs = [n.name for n in onnx.load(fp32).graph.node if n.op_type == 'Conv']
+    assert sorted(a) == sorted(b) == sorted(convs)
+    assert list(tmp_path.iterdir()) == []  # the augmented copies are removed
+
+
+def test_unsupported_models_and_latency():
+    with pytest.raises(UsageError, match=r'--engine onnxruntime: a Sequential cannot be cut'):
+        engine.parts(nn.Sequential())
+    calls = []
+    runs = {key: {p: [(lambda x, k=(key, p): calls.append(k), None)] for p in ('fp32', 'int8')}
+            for key in ('model', 'baseline')}
+    result = engine.latency(runs, repeats=3, warmup=1)
+    assert calls[:4] == [('model', 'fp32'), ('model', 'int8'), ('baseline', 'fp32'),
+                         ('baseline', 'int8')]
+    assert calls[4:8] == calls[:4][::-1]  # every other repeat in reverse order
+    assert len(calls) == 16
+    for key in runs:
+        for p in ('fp32', 'int8'):
+            t = result[key][p]
+            assert 0 <= t['min_ms'] <= t['median_ms'] <= t['max_ms']
