@@ -18,21 +18,51 @@ from .study import TASKS
 
 # the stock and the DO-Conv-all fine-tuning configs of each task (TASKS[task]['configs'])
 STOCK, ALL = 0, 2
-MODES = ('int8_w', 'int8_wa')
+# per engine (tools/quant_check.py --engine), the figures of a model's report the summary pairs:
+# (key, column, kind, how to read it); kinds: 'metric' (the task's digits), 'drop' (signed),
+# 'db' and 'ms' (2 and 1 digits)
+FIELDS = {
+    'torch': [
+        ('fp32', 'fp32', 'metric', lambda m: m['metrics']['fp32'][m['metric']]),
+        ('int8_w', 'drop, int8 weights', 'drop', lambda m: m['drop']['int8_w']),
+        ('int8_wa', 'drop, int8 weights + activations', 'drop', lambda m: m['drop']['int8_wa']),
+        ('output_sqnr_w', 'raw outputs SQNR dB, int8 weights', 'db',
+         lambda m: m['output_sqnr_db']['int8_w']),
+        ('output_sqnr_wa', 'raw outputs SQNR dB, + activations', 'db',
+         lambda m: m['output_sqnr_db']['int8_wa']),
+        ('sqnr_db_median', 'weight SQNR dB, median layer', 'db',
+         lambda m: m['weights']['sqnr_db_median'])],
+    'onnxruntime': [
+        ('fp32', 'fp32 (PyTorch)', 'metric', lambda m: m['metrics']['fp32'][m['metric']]),
+        ('onnx_int8', 'drop, ONNX int8', 'drop', lambda m: m['drop']['onnx_int8']),
+        ('output_sqnr', 'raw outputs SQNR dB, ONNX int8', 'db',
+         lambda m: m['output_sqnr_db']['onnx_int8']),
+        ('sqnr_db_median', 'layer outputs SQNR dB, median layer', 'db',
+         lambda m: m['layer_outputs']['sqnr_db_median'])]}
+LATENCY = [('fp32_ms', 'latency ms, ONNX fp32', 'ms', 'fp32'),
+           ('int8_ms', 'latency ms, ONNX int8', 'ms', 'int8')]
+SUMMARY = {'torch': 'weights', 'onnxruntime': 'layer_outputs'}  # where the worst layer is
+
+
+def report_path(study: str, seed: int, engine: str) -> str:
+    """The seed's Markdown report; the simulation's keeps its old name (seed<k>.md)."""
+    suffix = '' if engine == 'torch' else f'.{engine}'
+    return osp.join(study, 'int8', f'seed{seed}{suffix}.md')
 
 
 def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
-               log: Callable[[str], None] = print) -> dict:
+               engine: str = 'torch', log: Callable[[str], None] = print) -> dict:
     """The quant_check report of the seed's DO-Conv-all model beside its stock model."""
     study = osp.join(workspace, 'work_dirs', 'study', task)
-    out = osp.join(study, 'int8', f'seed{seed}.md')
+    out = report_path(study, seed, engine)
     json_out = out[:-len('.md')] + '.json'
     if not osp.isfile(json_out):
         stock, do_all = (osp.join(root, TASKS[task]['configs'][i]) for i in (STOCK, ALL))
+        work = osp.join(study, 'int8', f'seed{seed}' + ('' if engine == 'torch' else f'-{engine}'))
         cmd = [sys.executable, osp.join(root, 'tools', 'quant_check.py'), do_all,
                last_checkpoint(run_dir(study, do_all, seed)), '--baseline', stock,
                last_checkpoint(run_dir(study, stock, seed)), '--calib', str(calib),
-               '--work-dir', osp.join(study, 'int8', f'seed{seed}'), '--out', out]
+               '--engine', engine, '--work-dir', work, '--out', out]
         log(f'{task} seed {seed}: ' + ' '.join(cmd[1:]))
         os.makedirs(osp.dirname(out), exist_ok=True)
         with open(out[:-len('.md')] + '.log', 'a') as f:
@@ -42,23 +72,27 @@ def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
 
 
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], calib: int = 32,
-             log: Callable[[str], None] = print) -> Dict:
-    """Every seed's check, and per mode the paired difference of the drops, DO-Conv - stock."""
-    reports = {seed: check_seed(root, workspace, task, seed, calib, log) for seed in seeds}
+             engine: str = 'torch', log: Callable[[str], None] = print) -> Dict:
+    """Every seed's check, and per figure the paired difference, DO-Conv - stock."""
+    reports = {seed: check_seed(root, workspace, task, seed, calib, engine, log)
+               for seed in seeds}
     first = reports[seeds[0]]['models']['model']
-    summary = dict(task=task, seeds=list(seeds), calib=calib, metric=first['metric'], runs={},
-                   paired={})
+    summary = dict(task=task, engine=engine, seeds=list(seeds), calib=calib,
+                   metric=first['metric'], runs={}, paired={})
+    keys = [key for key, *_ in FIELDS[engine]] + ['sqnr_db_min']
     for seed, report in reports.items():
-        summary['runs'][seed] = {
-            role: dict(fp32=m['metrics']['fp32'][m['metric']], **m['drop'],
-                       output_sqnr_w=m['output_sqnr_db']['int8_w'],
-                       output_sqnr_wa=m['output_sqnr_db']['int8_wa'],
-                       sqnr_db_median=m['weights']['sqnr_db_median'],
-                       sqnr_db_min=m['weights']['sqnr_db_min'],
-                       worst_layer=m['weights']['worst_layer'])
-            for role, m in report['models'].items()}
-    for key in ('fp32', *MODES, 'output_sqnr_w', 'output_sqnr_wa', 'sqnr_db_median',
-                'sqnr_db_min'):
+        summary['runs'][seed] = {}
+        for role, m in report['models'].items():
+            worst = m[SUMMARY[engine]]
+            run = {key: read(m) for key, _, _, read in FIELDS[engine]}
+            run.update(sqnr_db_min=worst['sqnr_db_min'], worst_layer=worst['worst_layer'])
+            if engine != 'torch':
+                run.update({key: report['latency'][role][p]['median_ms']
+                            for key, _, _, p in LATENCY})
+            summary['runs'][seed][role] = run
+    if engine != 'torch':
+        keys += [key for key, *_ in LATENCY]
+    for key in keys:
         summary['paired'][key] = paired([summary['runs'][s]['model'][key] for s in seeds],
                                         [summary['runs'][s]['baseline'][key] for s in seeds])
     return summary
@@ -75,23 +109,23 @@ def markdown(summaries: Sequence[dict]) -> str:
             f' [{p["ci_low"]:+.{digits}f}, {p["ci_high"]:+.{digits}f}], p {p["p"]:.3f}')
         return f'{p["mean"]:+.{digits}f}{ci}'
 
-    lines = ['| task | metric | model | fp32 | drop, int8 weights | drop, int8 weights + '
-             'activations | raw outputs SQNR dB, int8 weights | raw outputs SQNR dB, + '
-             'activations | weight SQNR dB, median layer | worst layer |', '| --- ' * 10 + '|']
+    engine = summaries[0].get('engine', 'torch')
+    fields = [f[:3] for f in FIELDS[engine]]
+    if engine != 'torch':
+        fields += [f[:3] for f in LATENCY]
+    lines = ['| task | metric | model | ' + ' | '.join(label for _, label, _ in fields)
+             + ' | worst layer |', '| --- ' * (len(fields) + 4) + '|']
     for s in summaries:
-        digits = 4 if s['metric'] == 'coco/bbox_mAP' else 2
+        metric_digits = 4 if s['metric'] == 'coco/bbox_mAP' else 2
+        digits = dict(metric=metric_digits, drop=metric_digits, db=2, ms=1)
         for role, label in (('baseline', 'stock'), ('model', 'DO-Conv all, folded')):
             worst = sorted({s['runs'][k][role]['worst_layer'] for k in s['seeds']})
-            lines.append(
-                f'| {s["task"]} | {s["metric"]} | {label} | {mean(s, role, "fp32"):.{digits}f} | '
-                f'{mean(s, role, "int8_w"):+.{digits}f} | {mean(s, role, "int8_wa"):+.{digits}f} '
-                f'| {mean(s, role, "output_sqnr_w"):.2f} | {mean(s, role, "output_sqnr_wa"):.2f} '
-                f'| {mean(s, role, "sqnr_db_median"):.2f} | '
-                f'{mean(s, role, "sqnr_db_min"):.1f} dB ({", ".join(worst)}) |')
+            cells = [f'{mean(s, role, key):{"+" if kind == "drop" else ""}.{digits[kind]}f}'
+                     for key, _, kind in fields]
+            lines.append(f'| {s["task"]} | {s["metric"]} | {label} | ' + ' | '.join(cells)
+                         + f' | {mean(s, role, "sqnr_db_min"):.1f} dB ({", ".join(worst)}) |')
         p = s['paired']
+        cells = [diff(p[key], digits[kind]) for key, _, kind in fields]
         lines.append(f'| {s["task"]} | {s["metric"]} | DO-Conv - stock, paired | '
-                     f'{diff(p["fp32"], digits)} | {diff(p["int8_w"], digits)} | '
-                     f'{diff(p["int8_wa"], digits)} | {diff(p["output_sqnr_w"], 2)} | '
-                     f'{diff(p["output_sqnr_wa"], 2)} | {diff(p["sqnr_db_median"], 2)} | '
-                     f'{diff(p["sqnr_db_min"], 1)} dB |')
+                     + ' | '.join(cells) + f' | {diff(p["sqnr_db_min"], 1)} dB |')
     return '\n'.join(lines)

@@ -2,13 +2,14 @@
 vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
-                          [--cfg-options k=v ...] [--int8 [--calib N]]
+                          [--cfg-options k=v ...] [--int8 [--calib N] [--engines E ...]]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
 it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
-drops paired by seed (experiments/quant_study.py; WORKSPACE/work_dirs/study/int8.md).
+drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
+WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
 """
 import argparse
 import os
@@ -37,6 +38,9 @@ def main(argv=None):
                         help='then check int8 of DO-Conv all vs stock, per seed')
     parser.add_argument('--calib', type=int, default=32,
                         help='--int8: calibration images (default 32)')
+    parser.add_argument('--engines', nargs='+', choices=('torch', 'onnxruntime'),
+                        default=['torch', 'onnxruntime'],
+                        help='--int8: the quant_check engines to run (default both)')
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error(f'--seeds: need two or more distinct seeds for a paired test, '
@@ -58,15 +62,17 @@ def main(argv=None):
     if args.int8:
         from experiments import quant_study
         workspace = osp.abspath(args.workspace)
-        with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
-            summaries = [quant_study.run_task(ROOT, workspace, task, args.seeds, args.calib)
-                         for task in args.tasks]
-        table = quant_study.markdown(summaries)
-        path = osp.join(workspace, 'work_dirs', 'study', 'int8.md')
-        with open(path + '.tmp', 'w') as f:
-            f.write(table + '\n')
-        os.replace(path + '.tmp', path)
-        print(f'\n## int8\n\n{table}\n\nwrote {path}')
+        for engine in args.engines:
+            with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
+                summaries = [quant_study.run_task(ROOT, workspace, task, args.seeds, args.calib,
+                                                  engine) for task in args.tasks]
+            table = quant_study.markdown(summaries)
+            name = 'int8.md' if engine == 'torch' else f'int8.{engine}.md'
+            path = osp.join(workspace, 'work_dirs', 'study', name)
+            with open(path + '.tmp', 'w') as f:
+                f.write(table + '\n')
+            os.replace(path + '.tmp', path)
+            print(f'\n## int8, {engine}\n\n{table}\n\nwrote {path}')
     print(f'\n({(time.perf_counter() - start) / 60:.1f} min)')
     return reports
 

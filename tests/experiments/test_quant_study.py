@@ -47,3 +47,47 @@ def test_summary_pairs_the_drops_by_seed(tmp_path):
     assert rows[3].startswith('| det | coco/bbox_mAP | DO-Conv all, folded | 0.3100 | +0.0150 | '
                               '+0.0350 | 39.00 | 28.50 | 39.50 | 29.5 dB (rpn_cls) |')
     assert rows[4].startswith('| det | coco/bbox_mAP | DO-Conv - stock, paired | +0.0200')
+
+
+def engine_report(fp32, drop, sqnr, layer, ms):
+    """The fields of a quant_check --engine onnxruntime JSON report the summary reads: per role
+    (model, baseline) the fp32 metric, the ONNX int8 drop, raw-output and layer SQNR, latency."""
+    def model(f, d, s, q):
+        return dict(metric='mIoU', metrics=dict(fp32={'mIoU': f}, onnx_int8={'mIoU': f - d}),
+                    drop=dict(onnx_fp32=0.0, onnx_int8=d), output_sqnr_db=dict(onnx_int8=s),
+                    layer_outputs=dict(sqnr_db_median=q, sqnr_db_min=q - 5,
+                                       worst_layer='net:/conv_seg/Conv'))
+    return dict(models=dict(model=model(fp32[0], drop[0], sqnr[0], layer[0]),
+                            baseline=model(fp32[1], drop[1], sqnr[1], layer[1])),
+                latency={role: dict(fp32=dict(median_ms=t[0]), int8=dict(median_ms=t[1]))
+                         for role, t in zip(('model', 'baseline'), ms)})
+
+
+def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
+    int8 = tmp_path / 'work_dirs' / 'study' / 'seg' / 'int8'
+    int8.mkdir(parents=True)
+    (int8 / 'seed0.onnxruntime.json').write_text(json.dumps(engine_report(
+        (80.0, 81.0), (0.5, 0.25), (30.0, 31.0), (28.0, 29.0), ((10.0, 12.0), (11.0, 12.5)))))
+    (int8 / 'seed1.onnxruntime.json').write_text(json.dumps(engine_report(
+        (79.0, 79.5), (0.75, 0.25), (29.0, 31.0), (27.5, 29.0), ((10.5, 12.0), (10.0, 12.0)))))
+    # the simulation's reports of the same seeds are other files: not read here
+    (int8 / 'seed0.json').write_text('not this one')
+    s = quant_study.run_task('unused-root', str(tmp_path), 'seg', [0, 1], engine='onnxruntime')
+    assert s['engine'] == 'onnxruntime' and s['metric'] == 'mIoU'
+    p = s['paired']
+    assert p['fp32']['diffs'] == pytest.approx([-1.0, -0.5], abs=1e-12)
+    assert p['onnx_int8']['diffs'] == pytest.approx([0.25, 0.5], abs=1e-12)
+    assert p['output_sqnr']['diffs'] == pytest.approx([-1.0, -2.0], abs=1e-12)
+    assert p['sqnr_db_median']['diffs'] == pytest.approx([-1.0, -1.5], abs=1e-12)
+    assert p['sqnr_db_min']['diffs'] == pytest.approx([-1.0, -1.5], abs=1e-12)
+    assert p['fp32_ms']['diffs'] == pytest.approx([-1.0, 0.5], abs=1e-12)
+    assert p['int8_ms']['diffs'] == pytest.approx([-0.5, 0.0], abs=1e-12)
+    rows = quant_study.markdown([s]).splitlines()
+    assert rows[0] == ('| task | metric | model | fp32 (PyTorch) | drop, ONNX int8 | raw outputs '
+                       'SQNR dB, ONNX int8 | layer outputs SQNR dB, median layer | latency ms, '
+                       'ONNX fp32 | latency ms, ONNX int8 | worst layer |')
+    assert rows[2] == ('| seg | mIoU | stock | 80.25 | +0.25 | 31.00 | 29.00 | 10.5 | 12.2 | '
+                       '24.0 dB (net:/conv_seg/Conv) |')
+    assert rows[3] == ('| seg | mIoU | DO-Conv all, folded | 79.50 | +0.62 | 29.50 | 27.75 | 10.2 | '
+                       '12.0 | 22.8 dB (net:/conv_seg/Conv) |')
+    assert rows[4].startswith('| seg | mIoU | DO-Conv - stock, paired | -0.75 [')

@@ -3,12 +3,16 @@ checkpoint it came from (folded by the tool), the report's fields against an ind
 computation, and one-line errors that write nothing."""
 import json
 import os
+import os.path as osp
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from tool_helpers import DO_CFG, KEEP_ALL, STOCK_CFG, run, sha, tool
+from tool_helpers import DO_CFG, KEEP_ALL, ROOT, STOCK_CFG, run, sha, tool
 
 MODES = ('fp32', 'int8_w', 'int8_wa')
 
@@ -126,7 +130,6 @@ def test_engine_report(checked, engine_checked):
             m['metrics']['fp32']['coco/bbox_mAP'], abs=1e-3)
         sim = simulated['models'][role]['output_sqnr_db']['int8_wa']
         sqnr = m['output_sqnr_db']['onnx_int8']
-        print(role, 'engine', sqnr, 'simulated', sim)
         assert 10 < sqnr < 100
         assert ENGINE_BAND_DB[0] < sqnr - sim < ENGINE_BAND_DB[1]
         for part, files in m['onnx'].items():
@@ -157,3 +160,20 @@ def test_engine_report(checked, engine_checked):
                      r'[\d.]+ \(drop [+-][\d.]+\) \| [\d.]+e-\d+, [\d.]+ \| [\d.]+, [\d.]+ \(\S+\) '
                      r'\| [\d.]+, [\d.]+ \|\n', text), text
     assert 'Latency, model / baseline: fp32 ' in text and '| layer (graph:node) |' in text
+
+
+def test_engine_latency_benchmark_reads_the_report(checked, engine_checked):
+    """benchmarks/engine_latency.py times the report's graphs on their saved inputs."""
+    tmp = checked[0]
+    report = engine_checked[1]
+    for files in report['models']['model']['onnx'].values():
+        assert np.load(files['input']).dtype == np.float32
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'engine_latency.py'),
+                           str(tmp / 'ort.json'), '--processes', '1', '--repeats', '2'],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r'\| int8 \| [\d.]+ \[[\d.]+, [\d.]+\] \| [\d.]+ \[[\d.]+, [\d.]+\] \| '
+                     r'[\d.]+ \[[\d.]+, [\d.]+\] \|', proc.stdout), proc.stdout
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'engine_latency.py'),
+                           str(tmp / 'report.json')], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and 'not a quant_check --engine onnxruntime report' in proc.stderr
