@@ -1,7 +1,7 @@
-"""Paired comparison of two configs over seeds: mean difference, its 95% confidence interval and
-the two-sided paired t-test p-value, exact through the regularized incomplete beta function
-(no scipy needed; ``tests/experiments/test_paired_stats.py`` checks it against scipy and a worked
-example). Standard library only."""
+"""Paired comparison of two configs over seeds: mean difference, its 95% confidence interval, the
+two-sided paired t-test p-value, exact through the regularized incomplete beta function, and the
+minimum detectable effect of the run (no scipy needed; ``tests/experiments/test_paired_stats.py``
+checks them against scipy, closed forms and a worked example). Standard library only."""
 import math
 import statistics
 from typing import Dict, Optional, Sequence
@@ -54,23 +54,30 @@ def t_quantile(q: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def paired(values: Sequence[float], baseline: Sequence[float],
-           confidence: float = 0.95) -> Dict[str, Optional[float]]:
+def paired(values: Sequence[float], baseline: Sequence[float], confidence: float = 0.95,
+           power: float = 0.8) -> Dict[str, Optional[float]]:
     """Differences ``values - baseline`` seed by seed: their mean, standard deviation, the
-    ``confidence`` interval of the mean and the paired t-test's two-sided p-value (None where
-    fewer than two pairs make them undefined)."""
+    ``confidence`` interval of the mean, the paired t-test's two-sided p-value, and ``mde``, the
+    minimum detectable effect: the true mean difference that the test at level
+    ``1 - confidence`` finds with probability ``power`` when the differences spread as these do,
+    ``(t(1 - alpha / 2, n - 1) + t(power, n - 1)) * std / sqrt(n)`` (None where fewer than two
+    pairs make them undefined). A difference well inside ``mde`` that the test calls
+    insignificant is no evidence of no effect."""
     if len(values) != len(baseline) or not values:
         raise ValueError(f'paired: need equally many values and baseline values, at least one; '
                          f'got {len(values)} and {len(baseline)}')
     diffs = [v - b for v, b in zip(values, baseline)]
     n, mean = len(diffs), statistics.fmean(diffs)
-    out = dict(n=n, diffs=diffs, mean=mean, std=None, ci_low=None, ci_high=None, t=None, p=None)
+    out = dict(n=n, diffs=diffs, mean=mean, std=None, ci_low=None, ci_high=None, t=None, p=None,
+               mde=None)
     if n < 2:
         return out
     std = statistics.stdev(diffs)
     se = std / math.sqrt(n)
-    half = t_quantile(0.5 + confidence / 2, n - 1) * se
+    t_crit = t_quantile(0.5 + confidence / 2, n - 1)
+    half = t_crit * se
     t = mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
     out.update(std=std, ci_low=mean - half, ci_high=mean + half, t=t,
-               p=1.0 if se == 0 and mean == 0 else t_two_sided_p(t, n - 1))
+               p=1.0 if se == 0 and mean == 0 else t_two_sided_p(t, n - 1),
+               mde=(t_crit + t_quantile(power, n - 1)) * se)
     return out

@@ -1,5 +1,7 @@
 """Compare configs over seeds: paired differences of the final metric, their 95% confidence
-interval and the paired t-test p-value, with curves (experiments/compare.py does the work).
+interval, the paired t-test p-value and the minimum detectable effect of the run (the true
+difference these seeds would find with 80% power), with curves (experiments/compare.py does the
+work).
 
     python tools/compare.py BASELINE_CONFIG CONFIG [CONFIG ...] --seeds 0 1 2 --work-dir DIR
                             [--cfg-options k=v ...] [--metric NAME] [--out PREFIX]

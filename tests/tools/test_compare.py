@@ -88,6 +88,10 @@ def test_compare_resumes_after_a_kill_and_reports_paired_statistics(workspace):
     assert got['diffs'] == pytest.approx(expected.pop('diffs'))
     assert {k: got[k] for k in expected} == pytest.approx(expected)
     assert f"| {NAMES[1]} |" in done.stdout and '95% CI' in done.stdout
+    # the minimum detectable effect beside the interval, as paired() computes it
+    assert got['mde'] == pytest.approx(expected['mde'])
+    assert f"{expected['p']:.3f} | {expected['mde']:.4f} |" in done.stdout, done.stdout
+    assert 'Minimum detectable effect: ' in done.stdout
     assert (ws / 'work' / 'compare.png').stat().st_size > 5000
 
     collected = compare(ws, '--collect', '--out', str(ws / 'again'))
