@@ -160,3 +160,36 @@ def test_unsupported_models_and_latency():
         for p in ('fp32', 'int8'):
             t = result[key][p]
             assert 0 <= t['min_ms'] <= t['median_ms'] <= t['max_ms']
+
+
+@pytest.mark.parametrize('stock_cfg, do_cfg', [
+    ('configs/demo/deeplabv3_r18-d8_toy-cityscapes.py', SEG_CFG),
+    ('configs/demo/faster-rcnn_r18_fpn_toy-coco.py',
+     'configs/demo/faster-rcnn_r18_fpn_doconv-all_toy-coco.py')])
+def test_folded_release_exports_the_stock_graphs(stock_cfg, do_cfg, tmp_path):
+    """The folded DO-Conv-all model and the stock model export to the same operators, node for
+    node, with BN folded into the convolutions (no BatchNormalization left)."""
+    pytest.importorskip('mmdet')
+    x = torch.randn(1, 3, 64, 64)
+    graphs = []
+    for cfg in (stock_cfg, do_cfg):
+        torch.manual_seed(0)
+        model = fold_model(build_model(project_config(cfg)).eval())
+        with torch.no_grad():
+            levels = len(model.extract_feat(x)) if hasattr(model, 'rpn_head') else 0
+        ops = []
+        for part in engine.parts(model, levels):
+            path = str(tmp_path / f'{len(graphs)}-{part.name}.onnx')
+            with engine.capturing({part.name: part.entry}) as seen:
+                with torch.no_grad():
+                    if part.name == 'bbox_head':  # the RoI head's input: RoI features
+                        head = part.entry
+                        part.module(torch.randn(8, head.in_channels, *head.roi_feat_size))
+                    else:
+                        part.module(x)
+            engine.export(part, seen[part.name][0], path)
+            ops.append([n.op_type for n in onnx.load(path).graph.node])
+        graphs.append(ops)
+    assert graphs[0] == graphs[1]
+    assert all('BatchNormalization' not in ops and ('Conv' in ops or 'Gemm' in ops)
+               for ops in graphs[0])
