@@ -5,7 +5,7 @@ processes.
 
 REPORT.json is what ``tools/quant_check.py --engine onnxruntime --baseline ...`` wrote; its graphs
 (``WORK_DIR/<model>/onnx/*.onnx``) are timed on the inputs saved beside them (the first test
-image), as the tool times them (fp32 and int8, the models alternating, in reverse every other
+image), as the tool times them (fp32 and int8, the models alternating, the order rotated each
 run), each process a new interpreter. Prints the medians over processes of each median, and of the
 model / baseline ratios, with their spread (lowest, highest).
 """

@@ -247,15 +247,19 @@ def layer_outputs(path: str, x: torch.Tensor, folder: str) -> Dict[str, torch.Te
 
 def latency(runs: Dict[str, Dict[str, Sequence]], repeats: int, warmup: int = 2
             ) -> Dict[str, Dict[str, dict]]:
-    """Median and spread of each run's time in ms, the runs alternating within every repeat, in
-    reverse order every other repeat (no run always first).
+    """Median and spread of each run's time in ms, the runs alternating within every repeat, the
+    order rotated by one each repeat: no run is always first, and none ever follows itself
+    (reversing the order instead runs the last and the first twice in a row, and a session run
+    twice in a row finds its weights in cache: biases of 10-20% in the model / baseline
+    ratios, measured here before the rotation).
 
     ``runs[key][precision]`` is a list of ``(session, input)`` run in order (one model's tensor
     part); returns ``{key: {precision: {median_ms, min_ms, max_ms}}}``."""
     order = [(key, p) for key, precisions in runs.items() for p in precisions]
     times = {run: [] for run in order}
     for i in range(warmup + repeats):
-        for key, precision in (order if i % 2 == 0 else order[::-1]):
+        k = i % len(order)
+        for key, precision in order[k:] + order[:k]:
             start = time.perf_counter()
             for session, x in runs[key][precision]:
                 session(x)

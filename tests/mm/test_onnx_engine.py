@@ -154,7 +154,9 @@ def test_unsupported_models_and_latency():
     result = engine.latency(runs, repeats=3, warmup=1)
     assert calls[:4] == [('model', 'fp32'), ('model', 'int8'), ('baseline', 'fp32'),
                          ('baseline', 'int8')]
-    assert calls[4:8] == calls[:4][::-1]  # every other repeat in reverse order
+    assert calls[4:8] == calls[1:4] + calls[:1]  # rotated by one each repeat
+    assert calls[8:12] == calls[2:4] + calls[:2]
+    assert all(a != b for a, b in zip(calls, calls[1:]))  # no run follows itself
     assert len(calls) == 16
     for key in runs:
         for p in ('fp32', 'int8'):
