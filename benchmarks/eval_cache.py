@@ -6,8 +6,8 @@ swap, a teacher update) and when they do not (``model.eval()`` called before eve
 For Faster R-CNN R50-FPN with DO-Conv across the whole network, batch 1: the median inference
 forward after every parameter was edited through ``.data`` and ``model.eval()`` called (every
 kernel composed again, in float64 as folding does), after ``model.eval()`` alone (the parameters
-compared with the copy the kernels were composed from, nothing composed), and the stock model's
-forward after ``stock.eval()``, alternating.
+untouched: nothing compared, nothing composed), and the stock model's forward after
+``stock.eval()``, alternating.
 """
 import argparse
 import os.path as osp

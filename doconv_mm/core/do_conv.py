@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._compat import is_compiling
+from ._compat import TensorBase, is_compiling
 from .compose import do_conv_kernel
 
 try:  # the C library's memcmp: a bitwise compare at memory speed, no temporary
@@ -36,6 +36,43 @@ def _same_bits(param: Tensor, held: Tensor) -> bool:
     if _memcmp is not None and param.device.type == 'cpu' and param.is_contiguous():
         return _memcmp(param.data_ptr(), held.data_ptr(), param.numel() * param.element_size()) == 0
     return torch.equal(param, held)
+
+
+class _Watched(nn.Parameter):
+    """A parameter that counts the ways to its memory that autograd's version counter does not
+    see: ``.data`` (mmengine's EMAHook, mmdet's MeanTeacherHook), ``detach()`` and ``numpy()``
+    (NumPy views). Deep copies stay watched; other copies (pickling, ``nn.Parameter(...)``) are
+    plain parameters."""
+    reaches = 0
+
+    def _reached(self) -> None:
+        self.reaches = self.reaches + 1
+
+    @property
+    def data(self) -> Tensor:
+        self._reached()
+        return TensorBase.data.__get__(self)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self._reached()
+        TensorBase.data.__set__(self, value)
+
+    def detach(self) -> Tensor:
+        self._reached()
+        return super().detach()
+
+    def numpy(self, *args, **kwargs):
+        self._reached()
+        return super().numpy(*args, **kwargs)
+
+
+def _untouched(params: List[Tensor], refs: list) -> bool:
+    """Whether no parameter was edited in place, replaced or reached past autograd since
+    ``refs`` (references keep the old storage alive, so no other tensor can take its address)."""
+    return all(p._version == version and p.data_ptr() == ref.data_ptr()
+               and getattr(p, 'reaches', None) == reaches
+               for p, (ref, version, reaches) in zip(params, refs))
 
 
 def _replicate_pad(x: Tensor, pad: List[int]) -> Tensor:
@@ -88,9 +125,11 @@ class DOConv2d(nn.Conv2d):
                          padding_mode, device, dtype)
         self.D_mul = mn if (D_mul is None or mn == 1) else D_mul
         factory = dict(device=device, dtype=dtype)
-        self.D = nn.Parameter(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
+        if mn > 1:
+            self.weight = _Watched(TensorBase.detach(self.weight))
+        self.D = _Watched(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
             if mn > 1 else None
-        self.W_extra = nn.Parameter(
+        self.W_extra = _Watched(
             torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
             if self.D_mul > mn else None
         self._cache = None  # dict(copies, refs, kernel): evaluation without gradients
@@ -146,21 +185,24 @@ class DOConv2d(nn.Conv2d):
 
     def _cached_kernel(self) -> Tensor:
         """The float64-composed kernel, reused while the parameters hold the values it was composed
-        from. Between two ``train()``/``eval()`` calls it trusts each parameter's version counter
-        and memory (in-place edits and replacements move them); the first forward after such a
-        call compares the parameters with a copy, byte for byte, which also sees edits through
-        ``.data`` (mmengine's EMAHook swaps weights that way, then its loops call ``eval()``)."""
+        from. It is kept while no parameter moved its version counter (in-place edits) or memory
+        (replacements) or, where the layer's own parameters are watched, was reached through
+        ``.data``, ``detach()`` or ``numpy()``. Otherwise, and at the first forward after a
+        ``train()``/``eval()`` call where a parameter is not watched (replaced by a plain
+        ``nn.Parameter``), it compares the parameters with a copy, byte for byte, and composes
+        again only if they differ."""
         params, cache = self._do_params(), self._cache
         if cache is not None and len(params) != len(cache['copies']):
             cache = None  # a parameter added or removed
-        if cache is not None and self._trusted and all(
-                p._version == version and p.data_ptr() == ref.data_ptr()
-                for p, (ref, version) in zip(params, cache['refs'])):
+        if cache is not None and _untouched(params, cache['refs']) and (
+                self._trusted or all(type(p) is _Watched for p in params)):
             return cache['kernel']
         if cache is None or not all(map(_same_bits, params, cache['copies'])):
-            cache = dict(copies=[p.detach().clone() for p in params], kernel=self._exact_kernel())
-        # references keep the storage alive, so no other tensor can take its address
-        cache['refs'] = [(p.detach(), p._version) for p in params]
+            with torch.no_grad():
+                copies = [p.clone() for p in params]
+            cache = dict(copies=copies, kernel=self._exact_kernel())
+        cache['refs'] = [(TensorBase.detach(p), p._version, getattr(p, 'reaches', None))
+                         for p in params]
         self._cache, self._trusted = cache, True
         return cache['kernel']
 

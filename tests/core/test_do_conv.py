@@ -1,3 +1,4 @@
+import copy
 import itertools
 
 import numpy as np
@@ -373,10 +374,11 @@ def test_eval_reuses_the_composed_kernel_until_parameters_change(device):
 
 def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
     """The cached kernel is composed again exactly when a parameter's values, dtype or device
-    change, and kept while they do not: in place or by replacement without any mode call in
-    between (version counters, memory), through ``.data`` (which moves no version counter, as
-    mmengine's EMAHook and mmdet's MeanTeacherHook edit) at the next ``eval()`` call, which
-    mmengine's loops make after those hooks."""
+    change, and kept while they do not: in place or by replacement (version counters, memory),
+    through ``.data``, ``detach()`` or ``numpy()`` (which move no version counter; mmengine's
+    EMAHook and mmdet's MeanTeacherHook edit through ``.data``), with or without a mode call in
+    between; a parameter replaced by a plain ``nn.Parameter`` is compared at the next ``eval()``
+    call, which mmengine's loops make after those hooks."""
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11)).eval()
     x = torch.randn(1, 4, 5, 5)
@@ -399,19 +401,37 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
             p_avg.data.copy_(p.data)
             p.data.copy_(tmp)
 
+    def write_numpy_view():
+        conv.W_extra.requires_grad_(False).numpy()[1, 2, 0] = 7.0
+        conv.W_extra.requires_grad_(True)
+
+    def swap_with(ema):  # as EMAHook swaps with its deep-copied model, which has other values
+        with torch.no_grad():
+            for p in ema.parameters():
+                p.mul_(0.9)
+        for p_avg, p in zip(ema.parameters(), conv.parameters()):
+            tmp = p_avg.data.clone()
+            p_avg.data.copy_(p.data)
+            p.data.copy_(tmp)
+
     kernel = forward_checked()
     assert forward_checked() is kernel  # kept while nothing changes
     changes = {
         'load_state_dict': lambda: conv.load_state_dict(
             {k: v + 0.1 for k, v in conv.state_dict().items()}),
         'in-place edit of W_extra': scale_W_extra,
-        'one element of D through .data, then eval()': lambda: (
-            conv.D.data[3, 1, 2].add_(0.5), conv.eval()),
+        'one element of D through .data': lambda: conv.D.data[3, 1, 2].add_(0.5),
+        'weight through a NumPy view of detach()': lambda: conv.weight.detach().numpy()
+        .__imul__(3),
+        'frozen W_extra through a NumPy view': write_numpy_view,
         'EMA swap through .data, then eval()': lambda: (ema_swap(), conv.eval()),
+        'EMA swap of a deep copy through .data': lambda: swap_with(copy.deepcopy(conv)),
         '.to(float64)': lambda: conv.double(),
         'back to float32': lambda: conv.float(),
         'weight.data replaced': lambda: setattr(conv.weight, 'data', conv.weight.data * 0.5),
-        'new D parameter': lambda: setattr(conv, 'D', nn.Parameter(conv.D.detach() + 0.2)),
+        'new plain D parameter': lambda: setattr(conv, 'D', nn.Parameter(conv.D.detach() + 0.2)),
+        'the plain D through .data, then eval()': lambda: (
+            conv.D.data[0, 0, 0].add_(1), conv.eval()),
     }
     for what, change in changes.items():
         change()
@@ -424,6 +444,40 @@ def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
     assert forward_checked() is kernel
     conv.eval()
     assert forward_checked() is kernel
+
+
+def test_eval_calls_compare_only_parameters_the_layer_cannot_watch(monkeypatch):
+    """``eval()`` before every batch costs no compare of the parameters while they are the
+    layer's own (watched) and untouched; a plain ``nn.Parameter`` put in their place is compared
+    at the first forward after each ``train()``/``eval()`` call. What the layer holds stays
+    what a stock checkpoint holds: plain tensors."""
+    import doconv_mm.core.do_conv as do_conv
+    compared = []
+    monkeypatch.setattr(do_conv, '_same_bits', lambda p, held: compared.append(p) or torch.equal(
+        p, held))
+    torch.manual_seed(0)
+    conv = trained_like(DOConv2d(4, 4, 3, padding=1, D_mul=10)).eval()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        for _ in range(3):
+            conv.eval()
+            assert rel_err(conv(x), two_stage(x, conv)) < TOL32
+    assert compared == []
+    conv.D.data.add_(0)  # reached, not changed: compared, not composed again
+    kernel = conv._cache['kernel']
+    with torch.no_grad():
+        conv(x)
+    assert len(compared) == 3 and conv._cache['kernel'] is kernel
+    conv.D = nn.Parameter(conv.D.detach().clone())
+    with torch.no_grad():
+        conv(x), conv(x)  # the new parameter's memory: compared once
+        assert len(compared) == 6 and conv._cache['kernel'] is kernel
+        conv.eval()
+        conv(x)
+    assert len(compared) == 9 and conv._cache['kernel'] is kernel
+    state = conv.state_dict()
+    assert all(type(t) is torch.Tensor for t in state.values())
+    assert type(copy.deepcopy(conv).weight) is type(conv.weight)
 
 
 def test_eval_and_train_calls_and_training_mode(device):
