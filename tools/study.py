@@ -2,11 +2,16 @@
 vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
-                          [--cfg-options k=v ...] [--int8 [--calib N] [--engines E ...]]
+                          [--cfg-options k=v ...] [--noise [IMAGES]]
+                          [--int8 [--calib N] [--engines E ...]]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
 it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
+--noise: then every run evaluated on IMAGES (default 512) new validation images of the same
+generator, and each paired difference's variance split into the validation set's share and the
+seeds' share, with the seeds and images a target interval needs (experiments/noise.py;
+WORKSPACE/work_dirs/study/noise.{md,json}).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
 drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
@@ -34,6 +39,9 @@ def main(argv=None):
                         help='where data/ and work_dirs/ go (default: the checkout)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
+    parser.add_argument('--noise', type=int, nargs='?', const=512, default=None,
+                        metavar='IMAGES', help='then split the differences\' variance into '
+                        'validation and seed noise on IMAGES new validation images (default 512)')
     parser.add_argument('--int8', action='store_true',
                         help='then check int8 of DO-Conv all vs stock, per seed')
     parser.add_argument('--calib', type=int, default=32,
@@ -45,6 +53,9 @@ def main(argv=None):
     if len(set(args.seeds)) < 2:
         parser.error(f'--seeds: need two or more distinct seeds for a paired test, '
                      f'got {args.seeds}')
+    if args.noise is not None and args.noise < 64:
+        parser.error(f'--noise: need 64 or more images (four subsets of the detection study\'s '
+                     f'16), got {args.noise}')
     bad = [kv for kv in args.cfg_options if '=' not in kv]
     if bad:
         parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
@@ -59,6 +70,14 @@ def main(argv=None):
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
+    if args.noise is not None:
+        from experiments import noise
+        workspace = osp.abspath(args.workspace)
+        with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
+            results = [noise.run_task(ROOT, workspace, task, args.seeds, args.noise,
+                                      log=lambda msg: print(msg)) for task in args.tasks]
+        paths = noise.write(results, osp.join(workspace, 'work_dirs', 'study', 'noise'))
+        print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
     if args.int8:
         from experiments import quant_study
         workspace = osp.abspath(args.workspace)
