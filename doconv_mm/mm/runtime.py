@@ -12,6 +12,7 @@ configs.
   nothing changes (NCCL).
 """
 import contextlib
+import gc
 import os
 import os.path as osp
 from typing import Any, Iterator, Optional
@@ -81,8 +82,10 @@ def trusted_checkpoints(*paths: Optional[str]) -> Iterator[None]:
 @contextlib.contextmanager
 def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
     """Within the block, ``cfg`` (and the process group) are set up for a distributed run without
-    a GPU. A process group started here is closed at the end: left to interpreter exit, gloo's
-    threads can abort the process ("terminate called without an active exception")."""
+    a GPU. A process group started here is closed at the end, after a garbage collection: the
+    runner lives in reference cycles, and a DDP wrapper left to interpreter exit frees its gloo
+    work (tensors holding Python references) while the interpreter is torn down, which can abort
+    the process ("terminate called without an active exception")."""
     if launcher == 'none' or torch.cuda.is_available():
         yield
         return
@@ -102,12 +105,15 @@ def setup_distributed(cfg: Config, launcher: str) -> Iterator[None]:
     if sync_bns:
         print_log('no GPU: SyncBN (CUDA only) replaced by BN; each process normalises with its '
                   'own batch statistics', logger='current')
+    finished = False
     try:
         yield
-        if started:
-            dist.barrier()  # no process closes the group while another still uses it
+        finished = True
     finally:
         if started and dist.is_initialized():
+            gc.collect()  # the runner and its DDP wrapper, while the group is alive
+            if finished:
+                dist.barrier()  # no process closes the group while another still uses it
             dist.destroy_process_group()
 
 

@@ -242,3 +242,40 @@ def test_flops_count_every_convolution_with_and_without_grad():
     assert fresh - base == composition
     assert any(m._cache is not None for m in do.modules() if isinstance(m, DOConv2d))
     assert flops(do, data, grad=False) == fresh == flops(do, data, grad=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the gloo setup is for machines without a GPU')
+def test_cpu_process_group_closes_after_the_runner_is_freed(monkeypatch):
+    """setup_distributed frees what the block left in reference cycles (a runner and its DDP
+    wrapper) while its gloo group is alive, then closes the group: nothing of the group is left to
+    interpreter exit, where freeing it can abort the process."""
+    import gc
+    import socket
+    import weakref
+
+    import torch.distributed as dist
+    from mmengine.config import Config
+
+    from doconv_mm.mm.runtime import setup_distributed
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    cfg = Config(dict(model=dict(type='Net', norm_cfg=dict(type='SyncBN'))))
+    gc.disable()  # no collection but the one under test
+    try:
+        with setup_distributed(cfg, 'pytorch'):
+            assert dist.is_initialized() and dist.get_backend() == 'gloo'
+            ddp = nn.parallel.DistributedDataParallel(nn.Linear(2, 2))
+            ddp(torch.ones(1, 2)).sum().backward()
+            ddp.cycle = [ddp]
+            freed = weakref.ref(ddp)
+            del ddp
+            assert freed() is not None  # only a collection frees a cycle
+        assert freed() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+    assert cfg.model.norm_cfg.type == 'BN' and cfg.model_wrapper_cfg.device_ids is None
