@@ -11,6 +11,8 @@ difference of the final metric (DO-Conv - stock, same seed, same images):
   times that size show how it shrinks with the images;
 - seed noise: the variance of ``d`` over seeds on the whole large split, less the validation share
   left at that size (the study-size variance scaled by ``n / N``, as for a mean over images);
+- the paired comparison on the whole large split (mean, 95% interval, p, minimum detectable
+  effect): the study's own question answered with the validation noise made small;
 - the interval that a study of ``S`` seeds and ``N`` validation images would have: half-width
   ``t(0.975, S - 1) * sqrt((seed variance + validation variance at N) / S)``, and the seeds that
   reach a target half-width.
@@ -34,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .compare import config_name, last_checkpoint, run_dir
-from .paired_stats import t_quantile
+from .paired_stats import paired, t_quantile
 from .study import TASKS, data_options
 
 # the large validation split: its images, the generator's seed, where it goes, the study's own
@@ -228,6 +230,8 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
             size: statistics.fmean(statistics.variance(d[s]) for s in seeds)
             for size, d in by_size.items()}
         parts['diffs_full'] = [full[s] for s in seeds]
+        parts['paired'] = paired([values[name][s]['full'] for s in seeds],
+                                 [base[s]['full'] for s in seeds])
         result['configs'][name] = parts
     return result
 
@@ -252,6 +256,15 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
             diffs = ', '.join(f'{d:+.4f}' for d in c['diffs_full'])
             out.append(f"| {name} | {_sd(c['val_var'])} | {_sd(c['seed_var'])} | {share:.0%} | "
                        f"{c['mean_full']:+.4f} ({diffs}) |")
+        out.append('')
+        out.append(f"The study's runs compared on the {big} new images (paired by seed; "
+                   f"MDE: the minimum detectable effect, 80% power at p < 0.05):\n")
+        out.append('| config | difference (mean) | 95% CI | p (paired t-test) | MDE |')
+        out.append('| --- | --- | --- | --- | --- |')
+        for name, c in r['configs'].items():
+            pr = c['paired']
+            out.append(f"| {name} | {pr['mean']:+.4f} | [{pr['ci_low']:+.4f}, "
+                       f"{pr['ci_high']:+.4f}] | {pr['p']:.3f} | {pr['mde']:.4f} |")
         out.append('')
         sizes = r['sizes']
         out.append('Validation sd of the difference by subset size (images: sd; a mean over '

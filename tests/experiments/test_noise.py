@@ -136,8 +136,12 @@ def test_seg_subsets_equal_mmseg_iou_metric(tmp_path):
 
 def test_markdown_names_every_config_and_the_target():
     parts = dict(decompose({0: [0.1, 0.3, 0.2], 1: [0.0, 0.4, -0.1]}, {0: 0.2, 1: 0.1}, 16, 48),
-                 val_var_by_size={16: 0.02}, diffs_full=[0.2, 0.1])
+                 val_var_by_size={16: 0.02}, diffs_full=[0.2, 0.1],
+                 paired=paired([0.5, 0.4], [0.3, 0.3]))
     text = markdown([dict(task='det', images=48, study_images=16, sizes=[16], seeds=[0, 1],
                           target=0.01, baseline='stock', configs={'do-all': parts})])
     assert 'do-all' in text and 'stock' in text and '±0.01' in text
     assert f"{math.sqrt(parts['val_var']):.4f}" in text
+    # the paired comparison on the large split: mean 0.15, sd 0.0707, t(0.975, 1) = 12.706
+    half = 12.7062 * 0.1 / 2 ** 0.5 / 2 ** 0.5
+    assert f'| do-all | +0.1500 | [{0.15 - half:+.4f}, {0.15 + half:+.4f}] |' in text
