@@ -244,7 +244,8 @@ def test_flops_count_every_convolution_with_and_without_grad():
     assert flops(do, data, grad=False) == fresh == flops(do, data, grad=True)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the gloo setup is for machines without a GPU')
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason='the gloo setup is for machines without a GPU')
 def test_cpu_process_group_closes_after_the_runner_is_freed(monkeypatch):
     """setup_distributed frees what the block left in reference cycles (a runner and its DDP
     wrapper) while its gloo group is alive, then closes the group: nothing of the group is left to
