@@ -210,10 +210,10 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
                               last_checkpoint(run_dir(study, osp.join(root, config), seed)),
                               data, out)
             scorer = _scorer(task, data, out)
-            values.setdefault(name, {})[seed] = dict(
-                full=scorer.metric(scorer.images),
+            values.setdefault(name, {})[seed] = {
+                'full': scorer.metric(scorer.images),
                 **{size: [scorer.metric(s) for s in subsets(scorer.images, size)]
-                   for size in sizes})
+                   for size in sizes}}
     names = [config_name(c) for c in spec['configs']]
     base = values[names[0]]
     result = dict(task=task, images=images, study_images=n, sizes=sizes, seeds=list(seeds),

@@ -145,3 +145,69 @@ def test_markdown_names_every_config_and_the_target():
     # the paired comparison on the large split: mean 0.15, sd 0.0707, t(0.975, 1) = 12.706
     half = 12.7062 * 0.1 / 2 ** 0.5 / 2 ** 0.5
     assert f'| do-all | +0.1500 | [{0.15 - half:+.4f}, {0.15 + half:+.4f}] |' in text
+
+
+def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
+    """run_task end to end on evaluations already on disk (as tools/test.py --out writes them;
+    none is run): predictions equal to the ground truth except on chosen images, per config and
+    seed; the metrics, the paired differences, the decomposition and the reports follow them."""
+    import pickle
+    import subprocess
+    import sys
+    from collections import defaultdict
+
+    import torch
+
+    from experiments import noise
+    from experiments.compare import config_name
+    from mm_helpers import ROOT
+
+    images, seeds = 64, [0, 1]
+    data = tmp_path / f"{noise.SPLITS['det']['data']}_{images}"
+    subprocess.run([sys.executable, 'tools/make_toy_data.py', 'coco', str(data), '--num-train',
+                    '0', '--num-val', str(images), '--seed', str(noise.NOISE_SEED)], cwd=ROOT,
+                   check=True, capture_output=True)
+    gt = json.loads((data / 'annotations' / 'instances_val2017.json').read_text())
+    label = {c['id']: k for k, c in enumerate(gt['categories'])}
+    anns = defaultdict(list)
+    for a in gt['annotations']:
+        anns[a['image_id']].append(a)
+    ids = sorted(im['id'] for im in gt['images'])
+    names = [config_name(c) for c in noise.TASKS['det']['configs']]
+    # images without predictions: stock misses every 4th (shifted by seed), DO-Conv head every
+    # 8th, DO-Conv all none
+    every = {names[0]: 4, names[1]: 8, names[2]: None}
+    for name, n in every.items():
+        for seed in seeds:
+            samples = []
+            for k, img in enumerate(ids):
+                found = [] if n and (k + seed) % n == 0 else anns[img]
+                boxes = [[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in found)]
+                samples.append(dict(img_id=img, pred_instances=dict(
+                    bboxes=torch.tensor(boxes).reshape(-1, 4), scores=torch.ones(len(found)),
+                    labels=torch.tensor([label[a['category_id']] for a in found]).long())))
+            out = tmp_path / 'work_dirs/study/det/noise' / str(images) / name / f'seed{seed}.pkl'
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(pickle.dumps(samples))
+    r = noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None)
+    assert r['sizes'] == [16] and r['baseline'] == names[0]
+    assert r['metrics'][names[2]] == {0: 1.0, 1: 1.0}  # every box found
+    assert all(0 < r['metrics'][names[0]][s] < r['metrics'][names[1]][s] < 1 for s in seeds)
+    for name in names[1:]:
+        c = r['configs'][name]
+        diffs = [r['metrics'][name][s] - r['metrics'][names[0]][s] for s in seeds]
+        assert c['diffs_full'] == diffs and c['paired']['diffs'] == diffs
+        assert c['paired']['mean'] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+        # validation variance: between the four subsets of 16 images, pooled over seeds
+        scorers = {(n, s): noise.DetSubsets(
+            str(data / 'annotations' / 'instances_val2017.json'), noise.detections(str(
+                tmp_path / 'work_dirs/study/det/noise' / str(images) / n / f'seed{s}.pkl')))
+            for n in (name, names[0]) for s in seeds}
+        val = statistics.fmean(statistics.variance(
+            scorers[name, s].metric(sub) - scorers[names[0], s].metric(sub)
+            for sub in noise.subsets(ids, 16)) for s in seeds)
+        assert c['val_var'] == pytest.approx(val, abs=1e-12) and val > 0
+    text = noise.markdown([r])
+    assert f"| {names[2]} | {r['configs'][names[2]]['paired']['mean']:+.4f} |" in text
+    paths = noise.write([r], str(tmp_path / 'noise'))
+    assert json.loads(open(paths[1]).read())[0]['metrics'][names[2]] == {'0': 1.0, '1': 1.0}
