@@ -229,7 +229,6 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
         parts['val_var_by_size'] = {
             size: statistics.fmean(statistics.variance(d[s]) for s in seeds)
             for size, d in by_size.items()}
-        parts['diffs_full'] = [full[s] for s in seeds]
         parts['paired'] = paired([values[name][s]['full'] for s in seeds],
                                  [base[s]['full'] for s in seeds])
         result['configs'][name] = parts
@@ -253,7 +252,7 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
         out.append('| --- | --- | --- | --- | --- |')
         for name, c in r['configs'].items():
             share = c['val_var'] / (c['val_var'] + c['seed_var'])
-            diffs = ', '.join(f'{d:+.4f}' for d in c['diffs_full'])
+            diffs = ', '.join(f'{d:+.4f}' for d in c['paired']['diffs'])
             out.append(f"| {name} | {_sd(c['val_var'])} | {_sd(c['seed_var'])} | {share:.0%} | "
                        f"{c['mean_full']:+.4f} ({diffs}) |")
         out.append('')

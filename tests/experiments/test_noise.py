@@ -1,18 +1,26 @@
 """The noise decomposition (experiments/noise.py): its statistics against closed forms and a
 simulated two-level experiment, its subset metrics against mmdet's CocoMetric and mmseg's
-IoUMetric on the same predictions."""
+IoUMetric on the same predictions; run_task end to end on evaluations on disk."""
 import json
 import math
+import pickle
 import random
 import statistics
+import subprocess
+import sys
+from collections import defaultdict
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from experiments import noise
+from experiments.compare import config_name
 from experiments.noise import (DetSubsets, SegSubsets, decompose, half_width, markdown,
                                seeds_needed, subsets)
 from experiments.paired_stats import paired, t_quantile
+from mm_helpers import ROOT
 
 
 def test_subsets_are_disjoint_and_in_order():
@@ -136,8 +144,7 @@ def test_seg_subsets_equal_mmseg_iou_metric(tmp_path):
 
 def test_markdown_names_every_config_and_the_target():
     parts = dict(decompose({0: [0.1, 0.3, 0.2], 1: [0.0, 0.4, -0.1]}, {0: 0.2, 1: 0.1}, 16, 48),
-                 val_var_by_size={16: 0.02}, diffs_full=[0.2, 0.1],
-                 paired=paired([0.5, 0.4], [0.3, 0.3]))
+                 val_var_by_size={16: 0.02}, paired=paired([0.5, 0.4], [0.3, 0.3]))
     text = markdown([dict(task='det', images=48, study_images=16, sizes=[16], seeds=[0, 1],
                           target=0.01, baseline='stock', configs={'do-all': parts})])
     assert 'do-all' in text and 'stock' in text and '±0.01' in text
@@ -151,17 +158,6 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
     """run_task end to end on evaluations already on disk (as tools/test.py --out writes them;
     none is run): predictions equal to the ground truth except on chosen images, per config and
     seed; the metrics, the paired differences, the decomposition and the reports follow them."""
-    import pickle
-    import subprocess
-    import sys
-    from collections import defaultdict
-
-    import torch
-
-    from experiments import noise
-    from experiments.compare import config_name
-    from mm_helpers import ROOT
-
     images, seeds = 64, [0, 1]
     data = tmp_path / f"{noise.SPLITS['det']['data']}_{images}"
     subprocess.run([sys.executable, 'tools/make_toy_data.py', 'coco', str(data), '--num-train',
@@ -196,7 +192,7 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
     for name in names[1:]:
         c = r['configs'][name]
         diffs = [r['metrics'][name][s] - r['metrics'][names[0]][s] for s in seeds]
-        assert c['diffs_full'] == diffs and c['paired']['diffs'] == diffs
+        assert c['paired']['diffs'] == diffs
         assert c['paired']['mean'] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
         # validation variance: between the four subsets of 16 images, pooled over seeds
         scorers = {(n, s): noise.DetSubsets(
