@@ -11,7 +11,7 @@ train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=3
 --noise: then every run evaluated on IMAGES (default 512) new validation images of the same
 generator, and each paired difference's variance split into the validation set's share and the
 seeds' share, with the seeds and images a target interval needs (experiments/noise.py;
-WORKSPACE/work_dirs/study/noise.{md,json}).
+WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
 drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
@@ -76,7 +76,8 @@ def main(argv=None):
         with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
             results = [noise.run_task(ROOT, workspace, task, args.seeds, args.noise,
                                       log=lambda msg: print(msg)) for task in args.tasks]
-        paths = noise.write(results, osp.join(workspace, 'work_dirs', 'study', 'noise'))
+        paths = [path for r in results for path in noise.write(
+            [r], osp.join(workspace, 'work_dirs', 'study', r['task'], 'noise'))]
         print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
     if args.int8:
         from experiments import quant_study
