@@ -4,8 +4,7 @@
 The naive layer is the simplest DO-Conv a user could write, as the DO-Conv authors' PyTorch layer
 does it: the kernel composed by one einsum on every forward (in evaluation too), autograd keeping
 that kernel for the backward pass. It shares the DOConv2d's parameters, so all three compute the
-same thing. Evaluation is measured twice: ``eval()`` called once (mmengine's loops) and before
-every batch (mean-teacher style teachers, users' own loops). In each of several fresh processes
+same thing. Evaluation is in eval mode without gradients. In each of several fresh processes
 every figure is the median of alternating runs (stock, ours, naive in turn); the figure reported
 is the median over the processes, with the range over them (a process's allocator and thread
 placement move some figures by more than the runs within one process vary).
@@ -125,19 +124,16 @@ def bench_shape(c_in: int, c_out: int, groups: int, size: int, repeats: int, gfl
             m(x)
         return fwd
 
-    def infer(m, eval_each=False):
-        m.eval()  # once, as mmengine's val and test loops do, or before every batch
+    def infer(m):
+        m.eval()
 
         def fwd():
-            if eval_each:
-                m.eval()
             with torch.no_grad():
                 m(x)
         return fwd
 
     row = dict(shape=shape_name(c_in, c_out, groups, size))
-    for what, make in (('train', train_step), ('fwd', forward), ('eval', infer),
-                       ('eval_each', functools.partial(infer, eval_each=True))):
+    for what, make in (('train', train_step), ('fwd', forward), ('eval', infer)):
         times = alternate([make(m) for m in layers], repeats)
         row[f'stock_{what}_ms'] = times[0] * 1e3
         row[what] = {name: t / times[0] for name, t in zip(VARIANTS[1:], times[1:])}
@@ -209,8 +205,7 @@ def markdown(result: dict) -> str:
              '| layer | | stock | ' + ' | '.join(f'{n} ÷ stock' for n in names) + ' |',
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
     for r, s in zip(result['layers'], result['spread']['layers']):
-        for what, label in (('train', 'fwd+bwd'), ('fwd', 'training fwd'),
-                            ('eval', 'eval'), ('eval_each', 'eval, eval() per batch')):
+        for what, label in (('train', 'fwd+bwd'), ('fwd', 'training fwd'), ('eval', 'eval')):
             key = f'stock_{what}_ms'
             lines.append(f"| {r['shape']} | {label} | {_fig(r[key], s[key])} ms | "
                          + ' | '.join(_fig(r[what][n], s[what][n]) for n in names) + ' |')

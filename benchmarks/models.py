@@ -6,9 +6,8 @@ medians and the ratio DO-Conv / stock:
 1. training step (forward, backward, SGD step) of Faster R-CNN R50-FPN and DeepLabv3 R50-D8 with
    DO-Conv across the whole network vs stock, per input size, and the peak memory of training
    (the median over fresh child processes of the peak RSS over two steps);
-2. inference in eval mode (``model.eval()`` once, as mmengine's val and test loops call it): the
-   unfolded DO-Conv model and the folded one, each vs stock; and the unfolded model with
-   ``model.eval()`` called before every batch (mean-teacher style teachers, users' own loops);
+2. inference in eval mode without gradients: the unfolded DO-Conv model (which composes every
+   kernel at every forward) and the folded one, each vs stock;
 3. tools/fold_ckpt.py's wall time on a DeepLabv3 R101-D8 checkpoint.
 The models are this project's configs, so ``root`` is a checkout of it.
 """
@@ -81,17 +80,14 @@ def train_step_fn(model, package, size):
     return step
 
 
-def infer_fn(model, package, size, eval_each=False):
-    """Inference on a fixed batch; ``model.eval()`` once (as mmengine's val and test loops call
-    it), or before every batch with ``eval_each``."""
+def infer_fn(model, package, size):
+    """Inference on a fixed batch, in eval mode without gradients."""
     model.eval()
     if package == 'mmseg':
         model.data_preprocessor.size = (size, size)
     data = model.data_preprocessor(batch(package, size), False)
 
     def infer():
-        if eval_each:
-            model.eval()
         with torch.no_grad():
             model(**data, mode='predict')
     return infer
@@ -154,9 +150,6 @@ def bench_models(root, sizes, repeats, quick, names, mem_repeats):
             i_stock, i_do = alternate([infer_fn(stock, package, size), infer_fn(do, package, size)],
                                       repeats)
             row.update(infer_stock_s=i_stock, infer_doconv_s=i_do, infer_ratio=i_do / i_stock)
-            i_stock, i_do = alternate([infer_fn(stock, package, size, eval_each=True),
-                                       infer_fn(do, package, size, eval_each=True)], repeats)
-            row.update(infer_each_ratio=i_do / i_stock)
             rows.append(row)
         # folded vs stock: the folded model is the stock network with other weights
         fold_model(do)
@@ -190,14 +183,13 @@ def bench_fold_ckpt(root, quick):
 def markdown(result):
     lines = [f"Machine: {result['machine']}"]
     lines += ['', '| model (whole network DO-Conv), batch 2 | px | train step stock s | ratio | '
-              'peak memory ratio | eval unfolded ratio | eval unfolded, eval() per batch, ratio | '
-              'eval folded ratio |',
-              '| --- | --- | --- | --- | --- | --- | --- | --- |']
+              'peak memory ratio | eval unfolded ratio | eval folded ratio |',
+              '| --- | --- | --- | --- | --- | --- | --- |']
     for r in result['models']:
         mem = f"{r['mem_ratio']:.3f}" if 'mem_ratio' in r else 'n/a'
         lines.append(f"| {r['model']} | {r['size']} | {r['train_stock_s']:.2f} | "
                      f"{r['train_ratio']:.3f} | {mem} | {r['infer_ratio']:.3f} | "
-                     f"{r['infer_each_ratio']:.3f} | {r['folded_ratio']:.3f} |")
+                     f"{r['folded_ratio']:.3f} |")
     if result['fold_ckpt_s'] is not None:
         lines += ['', f"fold_ckpt.py on DeepLabv3 R101-D8: {result['fold_ckpt_s']:.1f} s"]
     return '\n'.join(lines)

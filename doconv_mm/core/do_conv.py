@@ -1,6 +1,7 @@
 """DO-Conv: depthwise over-parameterized convolution (Cao et al., arXiv 2006.12030), as a drop-in
-``nn.Conv2d`` that holds the parameters, the evaluation cache and plain-checkpoint loading; the
-composition ``K = (D + I) W`` is :mod:`.compose`.
+``nn.Conv2d`` that holds the parameters and loads plain checkpoints; the composition
+``K = (D + I) W`` is :mod:`.compose`, run on every forward in every mode (no cache: a release is
+folded, :meth:`DOConv2d.fold` and :func:`~doconv_mm.core.fold.fold_model`).
 
 ``D`` belongs to the *global* input channel for every ``groups`` (DO-Conv: groups=1, DO-DConv:
 groups=C_in, DO-GConv: otherwise). ``W`` is stored as the layer's ordinary ``weight`` (its first MN
@@ -9,7 +10,6 @@ columns, in kernel shape) plus ``W_extra`` (the other ``D_mul - MN``, only when 
 exactly at the plain convolution, and with D_mul = MN a per-output-channel rescaling of ``weight``
 (mmcv's ``fuse_conv_bn``, efficient conv-bn eval) rescales ``K`` the same way.
 """
-import ctypes
 import warnings
 from typing import List, Optional, Tuple, Union
 
@@ -17,62 +17,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._compat import TensorBase, is_compiling
+from ._compat import is_compiling
 from .compose import do_conv_kernel
-
-try:  # the C library's memcmp: a bitwise compare at memory speed, no temporary
-    _memcmp = ctypes.CDLL(None).memcmp
-    _memcmp.argtypes, _memcmp.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], \
-        ctypes.c_int
-except (OSError, AttributeError, TypeError):  # no C library to load by that name (Windows)
-    _memcmp = None
-
-
-def _same_bits(param: Tensor, held: Tensor) -> bool:
-    """Whether ``param`` holds the values of ``held``: bit for bit (contiguous, on the CPU)."""
-    if (param.shape, param.stride(), param.dtype, param.device) != (
-            held.shape, held.stride(), held.dtype, held.device):
-        return False
-    if _memcmp is not None and param.device.type == 'cpu' and param.is_contiguous():
-        return _memcmp(param.data_ptr(), held.data_ptr(), param.numel() * param.element_size()) == 0
-    return torch.equal(param, held)
-
-
-class _Watched(nn.Parameter):
-    """A parameter that counts the ways to its memory that autograd's version counter does not
-    see: ``.data`` (mmengine's EMAHook, mmdet's MeanTeacherHook), ``detach()`` and ``numpy()``
-    (NumPy views). Deep copies stay watched; other copies (pickling, ``nn.Parameter(...)``) are
-    plain parameters."""
-    reaches = 0
-
-    def _reached(self) -> None:
-        self.reaches = self.reaches + 1
-
-    @property
-    def data(self) -> Tensor:
-        self._reached()
-        return TensorBase.data.__get__(self)
-
-    @data.setter
-    def data(self, value: Tensor) -> None:
-        self._reached()
-        TensorBase.data.__set__(self, value)
-
-    def detach(self) -> Tensor:
-        self._reached()
-        return super().detach()
-
-    def numpy(self, *args, **kwargs):
-        self._reached()
-        return super().numpy(*args, **kwargs)
-
-
-def _untouched(params: List[Tensor], refs: list) -> bool:
-    """Whether no parameter was edited in place, replaced or reached past autograd since
-    ``refs`` (references keep the old storage alive, so no other tensor can take its address)."""
-    return all(p._version == version and p.data_ptr() == ref.data_ptr()
-               and getattr(p, 'reaches', None) == reaches
-               for p, (ref, version, reaches) in zip(params, refs))
 
 
 def _replicate_pad(x: Tensor, pad: List[int]) -> Tensor:
@@ -88,10 +34,9 @@ class DOConv2d(nn.Conv2d):
     """A drop-in ``nn.Conv2d`` trained as DO-Conv (DO-DConv / DO-GConv for groups > 1).
 
     Takes ``nn.Conv2d``'s arguments plus keyword-only ``D_mul`` (default M*N; ignored for 1x1
-    kernels, which have no ``D`` and are plain convolutions). In evaluation mode without gradients
-    the kernel is composed in float64 as :meth:`fold` does and reused while the parameters are
-    unchanged; :meth:`fold` returns the equivalent ``nn.Conv2d``. ``keep_kernel`` is accepted for
-    old configs and ignored (autograd keeps the composed kernel for the backward pass).
+    kernels, which have no ``D`` and are plain convolutions). Every forward composes ``K`` from
+    the parameters as they are; :meth:`fold` returns the equivalent ``nn.Conv2d``.
+    ``keep_kernel`` is accepted for old configs and ignored.
     """
 
     def __init__(self,
@@ -125,16 +70,13 @@ class DOConv2d(nn.Conv2d):
                          padding_mode, device, dtype)
         self.D_mul = mn if (D_mul is None or mn == 1) else D_mul
         factory = dict(device=device, dtype=dtype)
-        if mn > 1:
-            self.weight = _Watched(TensorBase.detach(self.weight))
-        self.D = _Watched(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
+        self.D = nn.Parameter(torch.zeros(in_channels, mn, self.D_mul, **factory)) \
             if mn > 1 else None
-        self.W_extra = _Watched(
+        self.W_extra = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, self.D_mul - mn, **factory)) \
             if self.D_mul > mn else None
-        self._cache = None  # dict(copies, refs, kernel): evaluation without gradients
-        self._trusted = False  # the cache's references checked since the last train()/eval()
         self._init_do_params()
+        self._note_pair()
 
     def _init_do_params(self) -> None:
         """``D = 0`` (identity start); ``W_extra`` as PyTorch initialises a conv's weight.
@@ -152,85 +94,71 @@ class DOConv2d(nn.Conv2d):
         if hasattr(self, 'W_extra'):  # nn.Conv2d.__init__ calls this before D exists
             self._init_do_params()
 
-    def _do_params(self) -> List[Tensor]:
-        return [p for p in (self.weight, self.D, self.W_extra) if p is not None]
+    def _registered(self) -> Tuple[Optional[int], Optional[int]]:
+        """The ``id`` of the registered ``nn.Parameter`` objects ``weight`` and ``W_extra`` (None
+        for anything else: a parametrization, spectral norm, the plain tensors of
+        ``functional_call``)."""
+        return tuple(id(p) if isinstance(p, nn.Parameter) else None
+                     for p in map(self._parameters.get, ('weight', 'W_extra')))
+
+    def _note_pair(self) -> None:
+        """Remember which parameter objects make up ``W`` (by ``id``, holding no reference)."""
+        self._pair = self._registered()
+
+    def _check_pair(self) -> None:
+        """Refuse a ``weight`` parameter replaced by another while ``W_extra`` was kept: mmcv's
+        ``fuse_conv_bn`` rescales ``weight`` alone, which rescales ``K`` only when D_mul == M*N.
+        Loaders that replace every parameter (``load_state_dict(assign=True)``, FSDP2) replace
+        both, and in-place writes, ``.data``, ``.to()`` and ``swap_tensors`` neither."""
+        (old_w, old_x), (new_w, new_x) = self._pair, self._registered()
+        if None not in (old_w, new_w, new_x) and old_w != new_w and old_x == new_x:
+            raise RuntimeError(
+                'DOConv2d with D_mul > M*N: its weight parameter was replaced but not its W_extra '
+                '(e.g. by mmcv fuse_conv_bn), which would drop W_extra from the kernel; fold the '
+                'model first with doconv_mm.fold_model')
+        self._pair = (new_w, new_x)
+
+    def __setstate__(self, state) -> None:
+        # unpickled or deep-copied: the new objects make up W
+        super().__setstate__(state)
+        self._note_pair()
 
     def kernel(self, weight: Optional[Tensor] = None) -> Tensor:
         """The composed kernel ``K`` for ``weight`` (default: the layer's own), differentiable."""
-        weight = self.weight if weight is None else weight
-        if self.W_extra is not None and weight is not self.weight:
+        if weight is None:
+            weight = self.weight  # read once: a parametrization computes it at every read
+        elif self.W_extra is not None and weight is not self.weight:
             raise RuntimeError(
                 'DOConv2d with D_mul > M*N cannot compose a kernel from an externally transformed '
                 'weight (e.g. ConvModule(efficient_conv_bn_eval=True)); use D_mul = M*N, or fold '
                 'the model first with doconv_mm.fold_model')
         return do_conv_kernel(weight, self.D, self.W_extra)
 
+    def forward(self, input: Tensor) -> Tensor:
+        """Compose ``K`` with PyTorch operators (autograd differentiates it; tracers, compilers
+        and FLOP counters see it) and convolve as ``nn.Conv2d`` does."""
+        if self.D is None:
+            return super().forward(input)
+        return self._convolve(input, self.kernel(), self.bias)
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """Evaluation without parameter gradients convolves the cached kernel; everything else
-        (training, tracing, torch.compile and export, a transformed ``weight``) composes ``K``
-        with PyTorch operators and lets autograd differentiate it."""
+        """For callers that convolve with a transformed ``weight`` in place of the layer's own
+        (mmcv's efficient conv-bn evaluation): ``K`` composed from it."""
         if self.D is None:
             return super()._conv_forward(input, weight, bias)
-        if weight is self.weight and not (
-                self.training or torch.jit.is_tracing() or is_compiling()
-                or torch.is_grad_enabled() and any(p.requires_grad for p in self._do_params())):
-            return super()._conv_forward(input, self._cached_kernel(), bias)
-        if self.padding_mode == 'replicate' and is_compiling():
-            # inductor (torch 2.13) mispredicts the strides of replication_pad2d_backward's
-            # output and fails, for nn.Conv2d as well: the same padding by indexing instead
-            return nn.functional.conv2d(
-                _replicate_pad(input, self._reversed_padding_repeated_twice), self.kernel(weight),
-                bias, self.stride, 0, self.dilation, self.groups)
-        return super()._conv_forward(input, self.kernel(weight), bias)
+        return self._convolve(input, self.kernel(weight), bias)
 
-    def _cached_kernel(self) -> Tensor:
-        """The float64-composed kernel, reused while the parameters hold the values it was composed
-        from. It is kept while no parameter moved its version counter (in-place edits) or memory
-        (replacements) or, where the layer's own parameters are watched, was reached through
-        ``.data``, ``detach()`` or ``numpy()``. Otherwise, and at the first forward after a
-        ``train()``/``eval()`` call where a parameter is not watched (replaced by a plain
-        ``nn.Parameter``), it compares the parameters with a copy, byte for byte, and composes
-        again only if they differ."""
-        params, cache = self._do_params(), self._cache
-        if cache is not None and len(params) != len(cache['copies']):
-            cache = None  # a parameter added or removed
-        if cache is not None and _untouched(params, cache['refs']) and (
-                self._trusted or all(type(p) is _Watched for p in params)):
-            return cache['kernel']
-        if cache is None or not all(map(_same_bits, params, cache['copies'])):
-            with torch.no_grad():
-                copies = [p.clone() for p in params]
-            cache = dict(copies=copies, kernel=self._exact_kernel())
-        cache['refs'] = [(TensorBase.detach(p), p._version, getattr(p, 'reaches', None))
-                         for p in params]
-        self._cache, self._trusted = cache, True
-        return cache['kernel']
-
-    def train(self, mode: bool = True) -> 'DOConv2d':
-        """Training never reads the cache, so switching to training frees it; ``eval()`` has the
-        next forward compare the parameters with the cache's copy."""
-        self._trusted = False
-        if mode:
-            self._cache = None
-        return super().train(mode)
-
-    @torch.no_grad()
-    def _exact_kernel(self) -> Tensor:
-        """``K`` composed in float64 and cast back: exactly the kernel :meth:`fold` writes."""
-        D = None if self.D is None else self.D.double()
-        W_extra = None if self.W_extra is None else self.W_extra.double()
-        K = do_conv_kernel(self.weight.double(), D, W_extra)
-        return K.to(self.weight.dtype, memory_format=torch.contiguous_format)
-
-    def __setattr__(self, name: str, value) -> None:
-        # mmcv's fuse_conv_bn replaces ``weight`` by a rescaled copy, which is exact only when
-        # K is linear in ``weight`` alone, i.e. D_mul == M*N.
-        if (name == 'weight' and isinstance(value, nn.Parameter)
-                and self.__dict__.get('_parameters', {}).get('W_extra') is not None):
-            raise RuntimeError('replacing the weight of a DOConv2d with D_mul > M*N (e.g. by '
-                               'mmcv fuse_conv_bn) would drop W_extra from the kernel; fold the '
-                               'model first with doconv_mm.fold_model')
-        super().__setattr__(name, value)
+    def _convolve(self, input: Tensor, K: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if is_compiling():
+            if self.padding_mode == 'replicate':
+                # inductor (torch 2.13) mispredicts the strides of replication_pad2d_backward's
+                # output and fails, for nn.Conv2d as well: the same padding by indexing instead
+                return nn.functional.conv2d(
+                    _replicate_pad(input, self._reversed_padding_repeated_twice), K, bias,
+                    self.stride, 0, self.dilation, self.groups)
+        else:
+            self._check_pair()
+        return super()._conv_forward(input, K, bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
@@ -254,7 +182,9 @@ class DOConv2d(nn.Conv2d):
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                          self.padding, self.dilation, self.groups, self.bias is not None,
                          self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
-        conv.weight.copy_(self._exact_kernel())
+        D = None if self.D is None else self.D.double()
+        W_extra = None if self.W_extra is None else self.W_extra.double()
+        conv.weight.copy_(do_conv_kernel(self.weight.double(), D, W_extra))
         if self.bias is not None:
             conv.bias.copy_(self.bias)
         conv.weight.requires_grad_(self.weight.requires_grad)

@@ -4,7 +4,7 @@ Conv types live in mmengine's root ``MODELS`` in mmcv 2.x, where ``build_conv_la
 from the mmdet and mmseg scopes alike. mmcv's FLOPs counter looks modules up by exact type, so a
 conv subclass is otherwise skipped; it is counted as the plain conv it folds to. (mmengine's
 ``get_model_complexity_info``, which mmdet/mmseg's ``get_flops.py`` use, traces the ops and needs
-nothing: in evaluation under ``torch.no_grad`` the cached kernel is a constant.)
+nothing: it counts the composition's batched matmul and the convolution.)
 """
 from mmcv.cnn.utils import flops_counter
 from mmengine.registry import MODELS

@@ -12,13 +12,13 @@ from tool_helpers import run_benchmark
 
 
 def test_layer_benchmark_smoke(tmp_path):
-    """--layers: every variant measured (evaluation also with eval() before every batch), and the
+    """--layers: every variant measured (training step, training forward, evaluation), and the
     memory saved for backward: 0 for nn.Conv2d, a kernel and D for ours, at least a kernel naive."""
     stdout, result = run_benchmark(tmp_path, '--layers', '--quick', '--repeats', '1',
                                    '--processes', '2')
     kernel_mb = 32 * 32 * 9 * 4 / 2**20  # the 32 -> 32 3x3 kernel, float32
     for row, groups in zip(result['layers'], (1, 4)):
-        for what in ('train', 'fwd', 'eval', 'eval_each'):
+        for what in ('train', 'fwd', 'eval'):
             assert set(row[what]) == {'ours', 'naive'}
             assert all(ratio > 0 for ratio in row[what].values())
         saved = row['saved_mb']
@@ -29,7 +29,7 @@ def test_layer_benchmark_smoke(tmp_path):
             (1 + (groups > 1)) * kernel_mb / groups + d_mb) * 1.001
         assert saved['naive'] >= kernel_mb / groups
     assert '| 32->32 g=4 16x16 | fwd+bwd |' in stdout
-    assert '| 32->32 g=4 16x16 | eval, eval() per batch |' in stdout
+    assert '| 32->32 g=4 16x16 | eval |' in stdout
     # every figure: the median over the 2 processes, with their lowest and highest beside it
     assert result['processes'] == 2 and len(result['per_process']) == 2
     for k, (row, spread) in enumerate(zip(result['layers'], result['spread']['layers'])):

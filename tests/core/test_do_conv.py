@@ -215,19 +215,13 @@ def test_keep_kernel_is_accepted_and_ignored():
     assert not hasattr(conv, 'keep_kernel') and 'keep_kernel' not in repr(conv)
 
 
-def test_frozen_parameters_use_the_cached_kernel_in_eval_mode_only(device):
-    """A frozen layer in eval mode (mmdet's frozen stages) reuses the float64 kernel; in training
-    mode every forward composes afresh, with or without grad."""
+def test_frozen_layer_in_eval_mode_gives_input_gradients(device):
+    """A frozen layer in eval mode (mmdet's frozen stages, Grad-CAM) composes its kernel as in
+    training and passes the input's gradient through."""
     conv = trained_like(DOConv2d(4, 4, 3, padding=1)).requires_grad_(False).eval()
     x = torch.randn(1, 4, 5, 5, requires_grad=True)
     conv(x).sum().backward()
-    assert conv._cache is not None and x.grad is not None
     assert rel_err(x.grad, torch.autograd.grad(two_stage(x, conv).sum(), x)[0]) < TOL32
-    conv.train()
-    conv(x)
-    with torch.no_grad():
-        conv(x)
-    assert conv._cache is None
 
 
 def test_is_a_conv2d_with_conv_attributes_and_keyword_only_d_mul():
@@ -353,153 +347,41 @@ def test_sgd_step_from_plain_kernel_follows_the_math():
     assert np.abs(K - K1).max() / np.abs(K1).max() < TOL64
 
 
-def test_eval_reuses_the_composed_kernel_until_parameters_change(device):
-    torch.manual_seed(0)
-    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).eval()
-    x = torch.randn(1, 4, 5, 5)
-    with torch.no_grad():
-        out1 = conv(x)
-        k1 = conv._cache['kernel']
-        assert torch.equal(conv(x), out1) and conv._cache['kernel'] is k1
-        assert k1.is_contiguous()  # a strided kernel would be reordered by every convolution
-        conv.D.add_(0.5)  # an in-place change, as an optimizer step makes
-        out2 = conv(x)
-    assert conv._cache['kernel'] is not k1
-    assert rel_err(out2, two_stage(x, conv)) < TOL32
-    # with gradients needed the kernel is composed afresh and nothing is cached
-    conv.train()
-    conv(x).sum().backward()
-    assert conv._cache is None and conv.D.grad is not None
-
-
-def test_eval_cache_is_composed_again_whenever_a_parameter_changes(device):
-    """The cached kernel is composed again exactly when a parameter's values, dtype or device
-    change, and kept while they do not: in place or by replacement (version counters, memory),
-    through ``.data``, ``detach()`` or ``numpy()`` (which move no version counter; mmengine's
-    EMAHook and mmdet's MeanTeacherHook edit through ``.data``), with or without a mode call in
-    between; a parameter replaced by a plain ``nn.Parameter`` is compared at the next ``eval()``
-    call, which mmengine's loops make after those hooks."""
+def test_every_mode_composes_from_the_parameters_as_they_are(device):
+    """No kernel outlives a forward: each one, in eval mode without gradients too, follows every
+    way of editing the parameters (in place, through ``.data``, a NumPy view, a new parameter)."""
     torch.manual_seed(0)
     conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11)).eval()
     x = torch.randn(1, 4, 5, 5)
-
-    def forward_checked():
-        with torch.no_grad():
-            out = conv(x.to(conv.weight.dtype))
-        assert rel_err(out, two_stage(x, conv)) < TOL32  # never a stale kernel
-        assert conv._cache['kernel'].dtype == conv.weight.dtype
-        return conv._cache['kernel']
-
-    @torch.no_grad()
-    def scale_W_extra():
-        conv.W_extra.mul_(2)
-
-    def ema_swap():  # mmengine's EMAHook._swap_ema_parameters, with a different average
-        avg = [p.detach() * 0.9 for p in conv.parameters()]
-        for p_avg, p in zip(avg, conv.parameters()):
-            tmp = p_avg.data.clone()
-            p_avg.data.copy_(p.data)
-            p.data.copy_(tmp)
-
-    def write_numpy_view():
-        conv.W_extra.requires_grad_(False).numpy()[1, 2, 0] = 7.0
-        conv.W_extra.requires_grad_(True)
-
-    def swap_with(ema):  # as EMAHook swaps with its deep-copied model, which has other values
-        with torch.no_grad():
-            for p in ema.parameters():
-                p.mul_(0.9)
-        for p_avg, p in zip(ema.parameters(), conv.parameters()):
-            tmp = p_avg.data.clone()
-            p_avg.data.copy_(p.data)
-            p.data.copy_(tmp)
-
-    kernel = forward_checked()
-    assert forward_checked() is kernel  # kept while nothing changes
-    changes = {
-        'load_state_dict': lambda: conv.load_state_dict(
-            {k: v + 0.1 for k, v in conv.state_dict().items()}),
-        'in-place edit of W_extra': scale_W_extra,
-        'one element of D through .data': lambda: conv.D.data[3, 1, 2].add_(0.5),
-        'weight through a NumPy view of detach()': lambda: conv.weight.detach().numpy()
-        .__imul__(3),
-        'frozen W_extra through a NumPy view': write_numpy_view,
-        'EMA swap through .data, then eval()': lambda: (ema_swap(), conv.eval()),
-        'EMA swap of a deep copy through .data': lambda: swap_with(copy.deepcopy(conv)),
-        '.to(float64)': lambda: conv.double(),
-        'back to float32': lambda: conv.float(),
-        'weight.data replaced': lambda: setattr(conv.weight, 'data', conv.weight.data * 0.5),
-        'new plain D parameter': lambda: setattr(conv, 'D', nn.Parameter(conv.D.detach() + 0.2)),
-        'the plain D through .data, then eval()': lambda: (
-            conv.D.data[0, 0, 0].add_(1), conv.eval()),
-    }
-    for what, change in changes.items():
-        change()
-        new = forward_checked()
-        assert new is not kernel, what
-        kernel = new
-    # the same values in new memory (a round trip, a copy) keep the kernel, as does eval()
-    conv.weight.data = conv.weight.data.clone()
-    conv.D = nn.Parameter(conv.D.detach().clone())
-    assert forward_checked() is kernel
-    conv.eval()
-    assert forward_checked() is kernel
-
-
-def test_eval_calls_compare_only_parameters_the_layer_cannot_watch(monkeypatch):
-    """``eval()`` before every batch costs no compare of the parameters while they are the
-    layer's own (watched) and untouched; a plain ``nn.Parameter`` put in their place is compared
-    at the first forward after each ``train()``/``eval()`` call. What the layer holds stays
-    what a stock checkpoint holds: plain tensors."""
-    import doconv_mm.core.do_conv as do_conv
-    compared = []
-    monkeypatch.setattr(do_conv, '_same_bits', lambda p, held: compared.append(p) or torch.equal(
-        p, held))
-    torch.manual_seed(0)
-    conv = trained_like(DOConv2d(4, 4, 3, padding=1, D_mul=10)).eval()
-    x = torch.randn(1, 4, 5, 5)
+    edits = [lambda: conv.D.add_(0.5), lambda: conv.D.data[3, 1, 2].add_(0.5),
+             lambda: conv.weight.detach().numpy().__imul__(3),
+             lambda: setattr(conv, 'D', nn.Parameter(conv.D.detach() + 0.2)),
+             lambda: conv.W_extra.mul_(2)]
     with torch.no_grad():
-        for _ in range(3):
-            conv.eval()
+        for edit in [lambda: None] + edits:
+            edit()
             assert rel_err(conv(x), two_stage(x, conv)) < TOL32
-    assert compared == []
-    conv.D.data.add_(0)  # reached, not changed: compared, not composed again
-    kernel = conv._cache['kernel']
-    with torch.no_grad():
-        conv(x)
-    assert len(compared) == 3 and conv._cache['kernel'] is kernel
-    conv.D = nn.Parameter(conv.D.detach().clone())
-    with torch.no_grad():
-        conv(x), conv(x)  # the new parameter's memory: compared once
-        assert len(compared) == 6 and conv._cache['kernel'] is kernel
-        conv.eval()
-        conv(x)
-    assert len(compared) == 9 and conv._cache['kernel'] is kernel
-    state = conv.state_dict()
-    assert all(type(t) is torch.Tensor for t in state.values())
-    assert type(copy.deepcopy(conv).weight) is type(conv.weight)
 
 
-def test_eval_and_train_calls_and_training_mode(device):
-    """eval() again keeps a valid kernel; train() frees it, and training mode composes afresh even
-    without gradients (so gradient checkpointing's two forwards agree) and caches nothing."""
-    torch.manual_seed(0)
-    conv = trained_like(DOConv2d(4, 4, 3, padding=1)).eval()
-    net = nn.Sequential(conv)
+def test_weight_replaced_without_w_extra_is_refused_at_forward():
+    """Replacing the ``weight`` parameter alone (mmcv's fuse_conv_bn) drops ``W_extra``'s
+    rescaling when D_mul > M*N: the next forward refuses; replacing every parameter (a loader)
+    or none (in place, ``.data``) does not, and with D_mul = M*N the rescaling is exact."""
     x = torch.randn(1, 4, 5, 5)
-
-    def forward_checked():
-        with torch.no_grad():
-            out = conv(x)
-        assert rel_err(out, two_stage(x, conv)) < TOL32
-        return None if conv._cache is None else conv._cache['kernel']
-
-    kernel = forward_checked()
-    net.eval()
-    assert forward_checked() is kernel
-    net.train()
-    assert conv._cache is None
-    assert forward_checked() is None  # training mode, no grad: composed, not cached
+    conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11))
+    conv.weight = nn.Parameter(conv.weight.detach() * 2)
+    with pytest.raises(RuntimeError, match='weight parameter was replaced but not its W_extra.*'
+                                           'doconv_mm.fold_model'):
+        conv(x)
+    conv = trained_like(DOConv2d(4, 6, 3, padding=1, D_mul=11))
+    state = {k: v.clone() for k, v in conv.state_dict().items()}
+    conv.weight.data = conv.weight.data * 2  # the same parameter object
+    conv(x)
+    conv.load_state_dict(state, assign=True)  # every parameter replaced
+    assert rel_err(conv(x), two_stage(x, conv)) < TOL32
+    conv = trained_like(DOConv2d(4, 6, 3, padding=1))
+    conv.weight = nn.Parameter(conv.weight.detach() * 2)
+    assert rel_err(conv(x), two_stage(x, conv)) < TOL32
 
 
 # autocast vs the float64 reference, relative to the largest value (72-term sums of rounded
