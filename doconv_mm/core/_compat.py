@@ -2,15 +2,12 @@
 
 torch 2.4 made the autocast queries device-generic (``torch.is_autocast_enabled(device_type)``,
 ``torch.get_autocast_dtype(device_type)``); older releases have one query per device. torch 2.3
-made ``torch.compiler.is_compiling`` public; torch 1.13 has no compiler. The C base class of
-tensors is ``torch._C.TensorBase`` in newer releases, ``torch._C._TensorBase`` in 1.13.
+made ``torch.compiler.is_compiling`` public; torch 1.13 has no compiler.
 """
 import sys
 from typing import Optional
 
 import torch
-
-TensorBase = getattr(torch._C, 'TensorBase', None) or torch._C._TensorBase
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
