@@ -196,8 +196,8 @@ def run_demo(root: str, task_name: str = 'det', workspace: Optional[str] = None,
           f'{params[1] / 1e6:.2f} M |')
     print(f'| inference per image, folded / baseline (median of {repeats}) | '
           f'{t_folded * 1e3:.0f} ms / {t_base * 1e3:.0f} ms = {t_folded / t_base:.2f}x |')
-    print(f'\nWhat this shows: the folded release computes exactly what the DO-Conv model '
-          f'computes ({name} {metrics["folded"]} = {metrics["doconv"]}), with stock '
+    print(f'\nWhat this shows: the folded release computes what the DO-Conv model computes, to '
+          f'float32 rounding ({name} {metrics["folded"]} = {metrics["doconv"]}), with stock '
           f'{task["package"]} and no doconv_mm, at the stock model\'s size and speed.\n'
           f'What it does not show: whether DO-Conv helps. Stock and DO-Conv are trained once '
           f'each (one seed), from scratch, on a few toy images for minutes: one pair of runs '
