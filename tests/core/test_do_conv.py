@@ -377,8 +377,9 @@ def test_weight_replaced_without_w_extra_is_refused_at_forward():
     state = {k: v.clone() for k, v in conv.state_dict().items()}
     conv.weight.data = conv.weight.data * 2  # the same parameter object
     conv(x)
-    conv.load_state_dict(state, assign=True)  # every parameter replaced
-    assert rel_err(conv(x), two_stage(x, conv)) < TOL32
+    if 'assign' in nn.Module.load_state_dict.__code__.co_varnames:  # torch >= 2.1
+        conv.load_state_dict(state, assign=True)  # every parameter replaced
+        assert rel_err(conv(x), two_stage(x, conv)) < TOL32
     conv = trained_like(DOConv2d(4, 6, 3, padding=1))
     conv.weight = nn.Parameter(conv.weight.detach() * 2)
     assert rel_err(conv(x), two_stage(x, conv)) < TOL32
