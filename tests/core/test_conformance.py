@@ -52,6 +52,16 @@ def train_step(layer, opt, x):
     opt.zero_grad()
 
 
+def step_then_check(layer, x):
+    """One SGD step (training mode), then the eval-mode output without gradients, checked."""
+    train_step(layer.train(), torch.optim.SGD(layer.parameters(), lr=0.1), x)
+    layer.eval()
+    with torch.no_grad():
+        out = layer(x)
+    check(layer, x, out)
+    return out
+
+
 def needs(feature, reason):
     """Skip with ``reason`` where this torch lacks ``feature`` (a dotted name under torch)."""
     obj = torch
@@ -188,10 +198,7 @@ def test_load_state_dict_assign(kind):
         pytest.skip(f'load_state_dict(assign=True) needs torch >= 2.1 (torch {torch.__version__})')
     assert not ids & {id(p) for p in layer.parameters()}  # every parameter replaced
     assert all(torch.equal(layer.state_dict()[k], v) for k, v in state.items())
-    train_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1), x)
-    layer.eval()
-    with torch.no_grad():
-        check(layer, x, layer(x))
+    step_then_check(layer, x)
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -208,12 +215,7 @@ def test_swap_module_params_on_conversion_then_double(kind):
     finally:
         future.set_swap_module_params_on_conversion(was)
     assert [id(p) for p in layer.parameters()] == ids
-    train_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1), x)
-    layer.eval()
-    with torch.no_grad():
-        out = layer(x)
-    assert out.dtype == torch.float64
-    check(layer, x, out)
+    assert step_then_check(layer, x).dtype == torch.float64
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -225,10 +227,7 @@ def test_whole_model_pickling_and_deepcopy(kind):
     kwargs = {'weights_only': False} if 'weights_only' in torch.load.__code__.co_varnames else {}
     for other in (torch.load(buf, **kwargs), pickle.loads(pickle.dumps(layer)),
                   copy.deepcopy(layer)):
-        train_step(other, torch.optim.SGD(other.parameters(), lr=0.1), x)
-        other.eval()
-        with torch.no_grad():
-            check(other, x, other(x))
+        step_then_check(other, x)
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -261,10 +260,7 @@ def test_parametrized_weight(kind, how):
     else:
         needs('nn.utils.parametrizations.spectral_norm', 'spectral_norm as a parametrization')(
             layer)
-    train_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1), x)
-    layer.eval()
-    with torch.no_grad():
-        check(layer, x, layer(x))
+    step_then_check(layer, x)
 
 
 @pytest.fixture(scope='module')
@@ -304,10 +300,8 @@ def test_compile_and_export(kind):
 def test_channels_last_and_bf16_autocast(kind):
     layer, x = make(kind).to(memory_format=torch.channels_last), inputs()
     x = x.to(memory_format=torch.channels_last)
-    train_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1), x)
-    layer.eval()
+    step_then_check(layer, x)
     with torch.no_grad():
-        check(layer, x, layer(x))
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = layer(x)
             assert out.dtype == torch.bfloat16
