@@ -9,8 +9,9 @@ Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted,
 it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
 --noise: then every run evaluated on IMAGES (default 512) new validation images of the same
-generator, and each paired difference's variance split into the validation set's share and the
-seeds' share, with the seeds and images a target interval needs (experiments/noise.py;
+generator, and the paired differences split into a seed effect, an image effect shared by the
+seeds and their interaction, with the seeds and images a target interval needs and their
+intervals (experiments/noise.py;
 WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
 drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
@@ -40,8 +41,9 @@ def main(argv=None):
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
     parser.add_argument('--noise', type=int, nargs='?', const=512, default=None,
-                        metavar='IMAGES', help='then split the differences\' variance into '
-                        'validation and seed noise on IMAGES new validation images (default 512)')
+                        metavar='IMAGES', help='then split the differences into seed, '
+                        'image and interaction noise on IMAGES new validation images '
+                        '(default 512)')
     parser.add_argument('--int8', action='store_true',
                         help='then check int8 of DO-Conv all vs stock, per seed')
     parser.add_argument('--calib', type=int, default=32,
