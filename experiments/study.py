@@ -66,8 +66,9 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
 
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
              cfg_options: Sequence[str] = (), log: Callable[[str], None] = print,
-             progress: Optional[Callable[[], None]] = None) -> Dict:
-    """One task's steps 1-3 (see the module doc); returns the comparison's report."""
+             progress: Optional[Callable[[], None]] = None, retrain: bool = False) -> Dict:
+    """One task's steps 1-3 (see the module doc); returns the comparison's report. ``retrain``:
+    fine-tuning runs trained with another fingerprint are trained again (:class:`.Comparison`)."""
     spec = TASKS[task]
     study = osp.join(workspace, 'work_dirs', 'study', task)
     py, tools = sys.executable, osp.join(root, 'tools')
@@ -94,7 +95,7 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
         log(f'{task}: pretrained ({metric} {val[max(val)][metric]}); {n} backbone tensors -> '
             f'{backbone}')
     comparison = Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
-                            cfg_options, cwd=workspace)
+                            cfg_options, cwd=workspace, retrain=retrain)
     log(f'{task}: fine-tuning {len(spec["configs"])} configs x {len(seeds)} seeds')
     comparison.train(progress)
     report = comparison.collect()
