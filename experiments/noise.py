@@ -30,6 +30,9 @@ estimate). Beside it,
 the paired comparison on the whole large split (mean, 95% interval, p, minimum detectable
 effect): the study's own question answered with the validation noise made small.
 
+The predictions of each run record the checkpoint they came from (:mod:`.fingerprint`) and are
+made again when the run's last checkpoint changes (resumed to a longer schedule, trained again).
+
 Subset metrics are the configs' own: COCO bbox mAP through pycocotools' COCOeval restricted to
 the subset's images, mIoU as mmseg's IoUMetric computes it from per-image class areas; on the whole
 split they equal what ``tools/test.py`` reports (``tests/experiments/test_noise.py``).
@@ -41,6 +44,7 @@ import math
 import os
 import os.path as osp
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +53,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .compare import config_name, last_checkpoint, run_dir
+from .fingerprint import is_current, record_sources, sources
 from .paired_stats import chi2_quantile, paired
 from .study import TASKS, data_options
 
@@ -215,6 +220,13 @@ def _evaluate_run(root: str, workspace: str, task: str, config: str, checkpoint:
     os.replace(tmp, out)
 
 
+def _remove(path: str) -> None:
+    if osp.isdir(path):
+        shutil.rmtree(path)
+    elif osp.exists(path):
+        os.remove(path)
+
+
 def _scorer(task: str, data: str, out: str):
     if task == 'det':
         return DetSubsets(osp.join(data, 'annotations', 'instances_val2017.json'),
@@ -246,12 +258,15 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
         for seed in seeds:
             ext = '.pkl' if task == 'det' else ''
             out = osp.join(study, 'noise', f'{images}', name, f'seed{seed}{ext}')
-            if not osp.exists(out):
+            checkpoint = last_checkpoint(run_dir(study, osp.join(root, config), seed))
+            source = sources(checkpoint=checkpoint)
+            if not is_current(out, source):  # new, or the run's checkpoint changed since
+                _remove(out)
                 os.makedirs(osp.dirname(out), exist_ok=True)
                 log(f'{task}: {name} seed {seed} on {images} new validation images')
-                _evaluate_run(root, workspace, task, osp.join(root, config),
-                              last_checkpoint(run_dir(study, osp.join(root, config), seed)),
-                              data, out)
+                _evaluate_run(root, workspace, task, osp.join(root, config), checkpoint, data,
+                              out)
+                record_sources(out, source)
             scorer = _scorer(task, data, out)
             values.setdefault(name, {})[seed] = {
                 'full': scorer.metric(scorer.images),

@@ -4,6 +4,7 @@ closed forms and a simulated two-way experiment with a per-image effect shared b
 IoUMetric on the same predictions; run_task end to end on evaluations on disk."""
 import json
 import math
+import os.path as osp
 import pickle
 import statistics
 import subprocess
@@ -234,10 +235,11 @@ def test_markdown_names_every_config_and_the_target():
     assert f'| do-all | +0.1500 | [{0.15 - half:+.4f}, {0.15 + half:+.4f}] |' in text
 
 
-def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
-    """run_task end to end on evaluations already on disk (as tools/test.py --out writes them;
-    none is run): predictions equal to the ground truth except on chosen images, per config and
-    seed; the metrics, the paired differences, the decomposition and the reports follow them."""
+def test_run_task_scores_and_pairs_finished_evaluations(tmp_path, monkeypatch):
+    """run_task end to end with tools/test.py replaced by predictions written as it writes them:
+    equal to the ground truth except on chosen images, per config and seed; the metrics, the
+    paired differences, the decomposition and the reports follow them. Each run's predictions
+    are made once, and again after its checkpoint changes (the run resumed), not otherwise."""
     images, seeds = 64, [0, 1]
     data = tmp_path / f"{noise.SPLITS['det']['data']}_{images}"
     subprocess.run([sys.executable, 'tools/make_toy_data.py', 'coco', str(data), '--num-train',
@@ -250,6 +252,7 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
         anns[a['image_id']].append(a)
     ids = sorted(im['id'] for im in gt['images'])
     names = [config_name(c) for c in noise.TASKS['det']['configs']]
+    predictions = {}
     # images without predictions: stock misses every 4th (shifted by seed), DO-Conv head every
     # 8th, DO-Conv all none
     every = {names[0]: 4, names[1]: 8, names[2]: None}
@@ -262,10 +265,32 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path):
                 samples.append(dict(img_id=img, pred_instances=dict(
                     bboxes=torch.tensor(boxes).reshape(-1, 4), scores=torch.ones(len(found)),
                     labels=torch.tensor([label[a['category_id']] for a in found]).long())))
-            out = tmp_path / 'work_dirs/study/det/noise' / str(images) / name / f'seed{seed}.pkl'
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(pickle.dumps(samples))
+            predictions[name, seed] = pickle.dumps(samples)
+            run = tmp_path / 'work_dirs/study/det' / name / f'seed{seed}'
+            run.mkdir(parents=True)
+            (run / 'epoch_6.pth').write_bytes(f'{name} {seed}'.encode())
+            (run / 'last_checkpoint').write_text(str(run / 'epoch_6.pth'))
+    evaluated = []
+
+    def evaluate(root, workspace, task, config, checkpoint, data_dir, out):
+        key = config_name(config), int(osp.basename(osp.dirname(checkpoint))[len('seed'):])
+        evaluated.append(key)
+        with open(out, 'wb') as f:
+            f.write(predictions[key])
+
+    monkeypatch.setattr(noise, '_evaluate_run', evaluate)
     r = noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None)
+    assert sorted(evaluated) == sorted(predictions)
+    again = noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None)
+    assert len(evaluated) == 6 and again == r  # read, not made again
+    run = tmp_path / 'work_dirs/study/det' / names[0] / 'seed1'
+    (run / 'epoch_8.pth').write_bytes(b'resumed')
+    (run / 'last_checkpoint').write_text(str(run / 'epoch_8.pth'))
+    assert noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None) == r
+    assert evaluated[6:] == [(names[0], 1)]
+    out = tmp_path / 'work_dirs/study/det/noise' / str(images) / names[0] / 'seed1.pkl'
+    assert json.loads(open(str(out) + '.sources.json').read())['checkpoint']['path'] == str(
+        run / 'epoch_8.pth')
     assert r['sizes'] == [16] and r['baseline'] == names[0]
     assert r['metrics'][names[2]] == {0: 1.0, 1: 1.0}  # every box found
     assert all(0 < r['metrics'][names[0]][s] < r['metrics'][names[1]][s] < 1 for s in seeds)
