@@ -317,12 +317,13 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
                    f'difference on {big} images, mean (per seed) |')
         out.append('| --- ' * 6 + '|')
         for name, c in r['configs'].items():
-            share = 1 - c['seed_var'] / k / estimate_var(c, k, n)
+            total = estimate_var(c, k, n)
+            share = f"{1 - c['seed_var'] / k / total:.0%}" if total > 0 else 'n/a'
             diffs = ', '.join(f'{d:+.4f}' for d in c['paired']['diffs'])
             cells = [f"{_sd(c[key])} [{_sd(c['low'][key])}, {_sd(c['high'][key])}]"
                      for key in ('seed_var', 'image_var')]
             out.append(f"| {name} | {cells[0]} | {cells[1]} | {_sd(c['inter_var'])} | "
-                       f"{share:.0%} | {c['paired']['mean']:+.4f} ({diffs}) |")
+                       f"{share} | {c['paired']['mean']:+.4f} ({diffs}) |")
         out.append('')
         out.append(f"The study's runs compared on the {big} new images (paired by seed; "
                    f"MDE: the minimum detectable effect, 80% power at p < 0.05):\n")
