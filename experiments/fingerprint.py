@@ -2,9 +2,9 @@
 
 A training run's fingerprint: its config as resolved after ``--cfg-options``, its seed, the
 checkpoint files that config loads (e.g. the study's pretrained backbone), by content, and the
-versions of the packages that train it. :class:`.compare.Comparison` writes it into the run's
-folder before the run starts and reads or resumes the run only while the command's fingerprint
-is the same.
+versions of the packages that train it (torch, mmengine, mmcv, mmdet or mmseg, doconv_mm).
+:class:`.compare.Comparison` writes it into the run's folder before the run starts and reads or
+resumes the run only while the command's fingerprint is the same.
 
 A derived output (the noise study's predictions, an int8 report) records the checkpoints it was
 computed from, by size and content hash, in ``<output>.sources.json``; it is computed again when
@@ -18,7 +18,8 @@ from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
 FILE = 'fingerprint.json'
-PACKAGES = ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmseg')
+PACKAGES = ('torch', 'mmengine', 'mmcv')  # and the toolkit of the config's scope
+TOOLKITS = ('mmdet', 'mmseg')
 
 
 def resolved_config(config: str, cfg_options: Sequence[str] = ()) -> dict:
@@ -54,10 +55,12 @@ def _loaded_checkpoints(cfg, cwd: str) -> Dict[str, dict]:
     return found
 
 
-def versions() -> Dict[str, Optional[str]]:
-    """The installed versions of the packages that train a run, and this checkout's doconv_mm."""
+def versions(scope: Optional[str] = None) -> Dict[str, Optional[str]]:
+    """The installed versions of the packages that train a run: torch, mmengine, mmcv, the
+    toolkit ``scope`` names (both mmdet and mmseg where it names neither), and this checkout's
+    doconv_mm."""
     out = {}
-    for name in PACKAGES:
+    for name in PACKAGES + ((scope,) if scope in TOOLKITS else TOOLKITS):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -72,7 +75,7 @@ def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None) -> dict:
     relative paths in the config are read from ``cwd`` (default: this process's), where the run
     trains."""
     return dict(config=cfg, seed=seed, checkpoints=_loaded_checkpoints(cfg, cwd or os.getcwd()),
-                versions=versions())
+                versions=versions(cfg.get('default_scope')))
 
 
 def _flat(value, prefix: str = '') -> Dict[str, object]:

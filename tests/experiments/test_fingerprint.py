@@ -64,6 +64,9 @@ def test_run_fingerprint_holds_the_loaded_checkpoint_by_content(tmp_path):
     from doconv_mm.version import __version__
     assert fp['versions']['torch'] == torch.__version__
     assert fp['versions']['doconv_mm'] == __version__
+    assert {'mmdet', 'mmseg'} <= set(fp['versions'])  # the config names no toolkit
+    seg = run_fingerprint(dict(default_scope='mmseg'), 0)['versions']
+    assert 'mmseg' in seg and 'mmdet' not in seg
     # a checkpoint the config names but that is not there is not part of it
     assert run_fingerprint(resolved_config(doconv), 4, cwd=str(tmp_path / 'configs'))[
         'checkpoints'] == {}
