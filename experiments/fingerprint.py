@@ -29,7 +29,7 @@ def resolved_config(config: str, cfg_options: Sequence[str] = ()) -> dict:
     cfg = Config.fromfile(config)
     cfg.merge_from_dict({key: DictAction._parse_iterable(value)
                          for key, value in (kv.split('=', 1) for kv in cfg_options)})
-    return json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
 def file_id(path: str) -> dict:
