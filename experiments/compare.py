@@ -134,6 +134,25 @@ class StaleRun(RuntimeError):
     """A run that another config, seed, checkpoint or package version trained."""
 
 
+def fingerprint_differences(work_dir: str, fingerprint: dict) -> List[str]:
+    """What differs between the run's recorded fingerprint and ``fingerprint``, recorded ->
+    given (:func:`.fingerprint.differences`); a run without one differs."""
+    recorded = read_fingerprint(work_dir)
+    if recorded is None:
+        return [f'no {FILE} (trained before runs recorded one)']
+    return differences(recorded, fingerprint)
+
+
+def stale_message(run: str, work_dir: str, diff: Sequence[str], others: int = 0) -> str:
+    """The one-line error of a run trained with another fingerprint (``others``: how many more
+    runs differ)."""
+    more = f' (and {len(diff) - 3} more)' if len(diff) > 3 else ''
+    also = f'; {others} more runs differ too' if others else ''
+    return (f'{run} ({work_dir}) was trained with another fingerprint than this command\'s, '
+            f'run -> command: {"; ".join(diff[:3])}{more}{also}; --retrain trains '
+            f'{"them" if others else "it"} again, or give another --work-dir')
+
+
 class Comparison:
     """The runs of ``configs`` x ``seeds`` under ``work_dir``, trained in ``cwd`` (where relative
     data paths point; default: this process's); see the module doc. With ``retrain``, runs
@@ -174,9 +193,7 @@ class Comparison:
         for config, seed, work_dir in self.runs():
             if run_state(work_dir, self.final[config]) == 'new':
                 continue
-            recorded = read_fingerprint(work_dir)
-            diff = (differences(recorded, self.fingerprint(config, seed)) if recorded is not None
-                    else [f'no {FILE} (trained before runs recorded one)'])
+            diff = fingerprint_differences(work_dir, self.fingerprint(config, seed))
             if diff:
                 out.append((config, seed, work_dir, diff))
         return out
@@ -186,12 +203,8 @@ class Comparison:
         stale = self.stale()
         if stale and not retrain:
             config, seed, work_dir, diff = stale[0]
-            more = f' (and {len(diff) - 3} more)' if len(diff) > 3 else ''
-            others = f'; {len(stale) - 1} more runs differ too' if len(stale) > 1 else ''
-            raise StaleRun(f'{config_name(config)} seed {seed} ({work_dir}) was trained with '
-                           f'another fingerprint than this command\'s, run -> command: '
-                           f'{"; ".join(diff[:3])}{more}{others}; --retrain trains '
-                           f'{"them" if others else "it"} again, or give another --work-dir')
+            raise StaleRun(stale_message(f'{config_name(config)} seed {seed}', work_dir, diff,
+                                         len(stale) - 1))
         for _, _, work_dir, _ in stale:
             shutil.rmtree(work_dir)
 
