@@ -6,23 +6,28 @@ Each run lives in ``WORK_DIR/<config name>/seed<k>`` and goes through this check
 tools/train.py (one process, or torchrun through tools/dist_train.sh; for tools/slurm_train.sh the
 commands are printed). A run is finished when its last checkpoint is the schedule's last and its
 logs hold a validation metric; finished runs are read, never rerun; an unfinished one with a
-checkpoint resumes from it (``--resume``), one without starts again. The report: per config
-mean ± std over seeds, the value of every run, and for every config against the first the paired
-differences, their mean, 95% confidence interval and the paired t-test p-value
-(:mod:`.paired_stats`); as Markdown, JSON and a PNG of the loss and metric curves (mean over
-seeds, with a band from the lowest to the highest seed).
+checkpoint resumes from it (``--resume``), one without starts again. Each run's folder holds the
+fingerprint of what trains it (:mod:`.fingerprint`: the resolved config, the seed, the
+checkpoints the config loads, the package versions), written before it starts; a run with a
+checkpoint whose fingerprint is not the command's is neither read nor resumed: the command stops
+with an error that names it and what differs, and ``retrain`` trains it again from scratch.
+The report: per config mean ± std over seeds, the value of every run, and for every config
+against the first the paired differences, their mean, 95% confidence interval and the paired
+t-test p-value (:mod:`.paired_stats`); as Markdown, JSON and a PNG of the loss and metric curves
+(mean over seeds, with a band from the lowest to the highest seed).
 """
 import glob
 import json
 import os
 import os.path as osp
+import shutil
 import statistics
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from mmengine.config import Config, DictAction
-
+from .fingerprint import (FILE, differences, read_fingerprint, resolved_config, run_fingerprint,
+                          write_fingerprint)
 from .paired_stats import paired
 
 DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')  # mmdet's and mmseg's headline metrics
@@ -63,16 +68,14 @@ def train_command(root: str, config: str, work_dir: str, seed: int, launcher: st
     raise ValueError(f'launcher={launcher!r} is not supported; allowed: {", ".join(LAUNCHERS)}')
 
 
-def final_checkpoint(config: str, cfg_options: Sequence[str] = ()) -> str:
-    """The file name of the schedule's last checkpoint: ``epoch_N.pth`` or ``iter_N.pth``."""
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict({key: DictAction._parse_iterable(value)
-                         for key, value in (kv.split('=', 1) for kv in cfg_options)})
-    loop = cfg.train_cfg
+def final_checkpoint(cfg: dict) -> str:
+    """The file name of the schedule's last checkpoint (``cfg`` resolved): ``epoch_N.pth`` or
+    ``iter_N.pth``."""
+    loop = cfg['train_cfg']
     if loop.get('type', 'EpochBasedTrainLoop') in ('EpochBasedTrainLoop', 'EpochBasedLoop') \
             and 'max_epochs' in loop and loop.get('by_epoch', True):
-        return f'epoch_{loop.max_epochs}.pth'
-    return f'iter_{loop.max_iters}.pth'
+        return f"epoch_{loop['max_epochs']}.pth"
+    return f"iter_{loop['max_iters']}.pth"
 
 
 def read_logs(work_dir: str) -> Dict[str, Dict[int, dict]]:
@@ -127,13 +130,38 @@ def read_run(work_dir: str, metric: Optional[str]) -> dict:
                 val=sorted((s, r[name]) for s, r in logs['val'].items() if name in r))
 
 
+class StaleRun(RuntimeError):
+    """A run that another config, seed, checkpoint or package version trained."""
+
+
+def fingerprint_differences(work_dir: str, fingerprint: dict) -> List[str]:
+    """What differs between the run's recorded fingerprint and ``fingerprint``, recorded ->
+    given (:func:`.fingerprint.differences`); a run without one differs."""
+    recorded = read_fingerprint(work_dir)
+    if recorded is None:
+        return [f'no {FILE} (trained before runs recorded one)']
+    return differences(recorded, fingerprint)
+
+
+def stale_message(run: str, work_dir: str, diff: Sequence[str], others: int = 0) -> str:
+    """The one-line error of a run trained with another fingerprint (``others``: how many more
+    runs differ)."""
+    more = f' (and {len(diff) - 3} more)' if len(diff) > 3 else ''
+    also = f'; {others} more runs differ too' if others else ''
+    return (f'{run} ({work_dir}) was trained with another fingerprint than this command\'s, '
+            f'run -> command: {"; ".join(diff[:3])}{more}{also}; --retrain trains '
+            f'{"them" if others else "it"} again, or give another --work-dir')
+
+
 class Comparison:
     """The runs of ``configs`` x ``seeds`` under ``work_dir``, trained in ``cwd`` (where relative
-    data paths point; default: this process's); see the module doc."""
+    data paths point; default: this process's); see the module doc. With ``retrain``, runs
+    whose fingerprint is not this command's are deleted and trained again."""
 
     def __init__(self, root: str, configs: Sequence[str], seeds: Sequence[int], work_dir: str,
                  cfg_options: Sequence[str] = (), metric: Optional[str] = None,
-                 launcher: str = 'none', gpus: int = 1, cwd: Optional[str] = None) -> None:
+                 launcher: str = 'none', gpus: int = 1, cwd: Optional[str] = None,
+                 retrain: bool = False) -> None:
         if len(configs) < 2 or len(set(map(config_name, configs))) != len(configs):
             raise ValueError(f'configs: need two or more with distinct file names, got {configs}')
         if not seeds or len(set(seeds)) != len(seeds):
@@ -144,10 +172,51 @@ class Comparison:
         self.root, self.configs, self.seeds = root, list(configs), list(seeds)
         self.work_dir, self.cfg_options = work_dir, list(cfg_options)
         self.metric, self.launcher, self.gpus, self.cwd = metric, launcher, gpus, cwd
-        self.final = {c: final_checkpoint(c, cfg_options) for c in configs}
+        self.retrain = retrain
+        self.resolved = {c: resolved_config(c, cfg_options) for c in configs}
+        self.final = {c: final_checkpoint(self.resolved[c]) for c in configs}
+        self._fingerprints = {}
 
     def runs(self):
         return [(c, s, run_dir(self.work_dir, c, s)) for s in self.seeds for c in self.configs]
+
+    def fingerprint(self, config: str, seed: int) -> dict:
+        """This command's fingerprint of the run (:func:`.fingerprint.run_fingerprint`)."""
+        if config not in self._fingerprints:
+            self._fingerprints[config] = run_fingerprint(self.resolved[config], 0, self.cwd)
+        return dict(self._fingerprints[config], seed=seed)
+
+    def stale(self) -> List[Tuple[str, int, str, List[str]]]:
+        """The runs with a checkpoint whose fingerprint is not this command's, each with what
+        differs."""
+        out = []
+        for config, seed, work_dir in self.runs():
+            if run_state(work_dir, self.final[config]) == 'new':
+                continue
+            diff = fingerprint_differences(work_dir, self.fingerprint(config, seed))
+            if diff:
+                out.append((config, seed, work_dir, diff))
+        return out
+
+    def _refuse_stale(self, retrain: bool) -> None:
+        """Stop at runs another fingerprint trained or, with ``retrain``, delete them."""
+        stale = self.stale()
+        if stale and not retrain:
+            config, seed, work_dir, diff = stale[0]
+            raise StaleRun(stale_message(f'{config_name(config)} seed {seed}', work_dir, diff,
+                                         len(stale) - 1))
+        for _, _, work_dir, _ in stale:
+            shutil.rmtree(work_dir)
+
+    def _prepare(self) -> List[Tuple[str, int, str, str]]:
+        """Every run with its state, stale runs refused or deleted first, and the fingerprint of
+        every run about to start written."""
+        self._refuse_stale(self.retrain)
+        runs = [(c, s, d, run_state(d, self.final[c])) for c, s, d in self.runs()]
+        for config, seed, work_dir, state in runs:
+            if state == 'new':
+                write_fingerprint(work_dir, self.fingerprint(config, seed))
+        return runs
 
     def command(self, config: str, seed: int, resume: bool) -> List[str]:
         return train_command(self.root, config, run_dir(self.work_dir, config, seed), seed,
@@ -155,17 +224,14 @@ class Comparison:
 
     def pending_commands(self) -> List[List[str]]:
         """The commands that would finish every run not finished yet."""
-        states = [(c, s, run_state(d, self.final[c])) for c, s, d in self.runs()]
-        return [self.command(c, s, state == 'resumable') for c, s, state in states
+        return [self.command(c, s, state == 'resumable') for c, s, _, state in self._prepare()
                 if state != 'finished']
 
     def train(self, progress=None) -> None:
         """Train every run not finished yet, one after the other; each run's output goes to
         ``compare_train.log`` in its folder. ``progress`` is called after every run."""
-        for config, seed, work_dir in self.runs():
-            state = run_state(work_dir, self.final[config])
+        for config, seed, work_dir, state in self._prepare():
             if state != 'finished':
-                os.makedirs(work_dir, exist_ok=True)
                 log = osp.join(work_dir, 'compare_train.log')
                 with open(log, 'a') as f:
                     proc = subprocess.run(self.command(config, seed, state == 'resumable'),
@@ -177,10 +243,12 @@ class Comparison:
                 progress()
 
     def collect(self) -> dict:
-        """The report of finished runs (every run must be finished)."""
+        """The report of finished runs (every run must be finished, by this command's
+        fingerprint)."""
         missing = [d for c, _, d in self.runs() if run_state(d, self.final[c]) != 'finished']
         if missing:
             raise RuntimeError(f'{len(missing)} runs are not finished: {", ".join(missing)}')
+        self._refuse_stale(retrain=False)
         runs = {config_name(c): {s: read_run(run_dir(self.work_dir, c, s), self.metric)
                                  for s in self.seeds} for c in self.configs}
         names = list(runs)

@@ -3,19 +3,35 @@
 
 Every finished fine-tuning run of the study (config x seed) is evaluated once more, through
 ``tools/test.py`` with its predictions kept, on a large validation split drawn by the same
-generator with another seed. Per task, per DO-Conv config against stock, with ``d`` the paired
-difference of the final metric (DO-Conv - stock, same seed, same images):
+generator with another seed. Per task, per DO-Conv config against stock, ``d[s][k]`` is the
+paired difference of the final metric (DO-Conv - stock, same seed ``s``) on the ``k``-th of the
+disjoint subsets of the large split as big as the study's validation set (16 images for det, 8
+for seg). Every seed is scored on the same subsets, as every seed of a study is scored on the
+same validation set, so ``d`` splits two ways (a two-way analysis of variance without
+replication, :func:`decompose`):
 
-- validation noise: the variance of ``d`` between disjoint subsets of the large split as big as the
-  study's validation set (16 images for det, 8 for seg), pooled over seeds; subsets of 2, 4, ...
-  times that size show how it shrinks with the images;
-- seed noise: the variance of ``d`` over seeds on the whole large split, less the validation share
-  left at that size (the study-size variance scaled by ``n / N``, as for a mean over images);
-- the paired comparison on the whole large split (mean, 95% interval, p, minimum detectable
-  effect): the study's own question answered with the validation noise made small;
-- the interval that a study of ``S`` seeds and ``N`` validation images would have: half-width
-  ``t(0.975, S - 1) * sqrt((seed variance + validation variance at N) / S)``, and the seeds that
-  reach a target half-width.
+- the seed effect: what a seed changes in the difference on every image (variance over seeds);
+- the image effect: what a subset's images change in the difference of every seed alike
+  (variance over subsets of the mean over seeds): a validation set that happens to favour
+  DO-Conv favours it for all seeds;
+- their interaction: what is left, the part of a subset's effect that differs from seed to seed.
+
+A study of ``S`` seeds that scores all of them on the same ``N`` validation images estimates the
+difference with variance ``seed / S + interaction(N) / S + image(N)``, the image and interaction
+variances scaled from the subsets' size ``n`` to ``N`` by ``n / N`` (as for a mean over images;
+subsets of 2, 4, ... times ``n`` show how the pooled within-seed variance shrinks): more seeds
+never shrink the shared image term, only more images do. The sizing gives the 95% half-width of
+that estimate around the true difference (a normal quantile, the variances taken as known), the
+fewest seeds that reach a target half-width at each ``N``, and the fewest images below which no
+number of seeds reaches it, each with an interval from the 95% chi-square intervals of the seed
+and image mean squares (``S0 - 1`` and ``K - 1`` degrees of freedom for ``S0`` seeds and ``K``
+subsets: from three seeds, the seed mean square's interval runs from 0.27 to 40 times its
+estimate). Beside it,
+the paired comparison on the whole large split (mean, 95% interval, p, minimum detectable
+effect): the study's own question answered with the validation noise made small.
+
+The predictions of each run record the checkpoint they came from (:mod:`.fingerprint`) and are
+made again when the run's last checkpoint changes (resumed to a longer schedule, trained again).
 
 Subset metrics are the configs' own: COCO bbox mAP through pycocotools' COCOeval restricted to
 the subset's images, mIoU as mmseg's IoUMetric computes it from per-image class areas; on the whole
@@ -28,6 +44,7 @@ import math
 import os
 import os.path as osp
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +53,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .compare import config_name, last_checkpoint, run_dir
-from .paired_stats import paired, t_quantile
+from .fingerprint import is_current, record_sources, sources
+from .paired_stats import chi2_quantile, paired
 from .study import TASKS, data_options
 
 # the large validation split: its images, the generator's seed, where it goes, the study's own
@@ -122,41 +140,71 @@ def subsets(images: Sequence[int], size: int) -> List[List[int]]:
     return [list(images[k * size:(k + 1) * size]) for k in range(len(images) // size)]
 
 
-def decompose(diffs_by_subset: Dict[int, List[float]], diffs_full: Dict[int, float],
-              subset_images: int, full_images: int) -> dict:
-    """The variance of a paired difference split into validation and seed noise (module doc).
+def decompose(diffs: Dict[int, Sequence[float]], subset_images: int,
+              confidence: float = 0.95) -> dict:
+    """The paired differences ``diffs[seed][k]`` on the same disjoint subsets ``k`` of
+    ``subset_images`` images for every seed, split into seed, image and interaction variances
+    (module doc), each a variance of the difference on one subset. The components come from the
+    mean squares by their expectations (``E[MS_seed] = inter + K seed``, ``E[MS_image] = inter +
+    S image``, ``E[MS_inter] = inter``), clamped at 0; ``low`` and ``high`` hold them again with the
+    seed and image mean squares at the ends of their ``confidence`` chi-square intervals."""
+    seeds = sorted(diffs)
+    counts = {len(diffs[s]) for s in seeds}
+    if len(seeds) < 2 or len(counts) != 1 or counts.pop() < 2:
+        raise ValueError(f'decompose: need two or more seeds, each with the same two or more '
+                         f'subsets; got subsets per seed {[len(diffs[s]) for s in seeds]}')
+    d = np.array([diffs[s] for s in seeds], np.float64)
+    n_seeds, n_subsets = d.shape
+    grand, rows, cols = d.mean(), d.mean(1), d.mean(0)
+    ms = dict(seed=n_subsets * float(((rows - grand) ** 2).sum()) / (n_seeds - 1),
+              image=n_seeds * float(((cols - grand) ** 2).sum()) / (n_subsets - 1),
+              inter=float(((d - rows[:, None] - cols[None, :] + grand) ** 2).sum())
+              / ((n_seeds - 1) * (n_subsets - 1)))
+    df = dict(seed=n_seeds - 1, image=n_subsets - 1, inter=(n_seeds - 1) * (n_subsets - 1))
 
-    Args:
-        diffs_by_subset: per seed, the difference on each disjoint subset of ``subset_images``.
-        diffs_full: per seed, the difference on the whole split of ``full_images``.
-    """
-    seeds = sorted(diffs_full)
-    if len(seeds) < 2 or any(len(diffs_by_subset[s]) < 2 for s in seeds):
-        raise ValueError('decompose: need two or more seeds and two or more subsets per seed')
-    val = statistics.fmean(statistics.variance(diffs_by_subset[s]) for s in seeds)
-    full = statistics.variance([diffs_full[s] for s in seeds])
-    val_full = val * subset_images / full_images
-    return dict(seeds=len(seeds), subsets=len(diffs_by_subset[seeds[0]]),
-                subset_images=subset_images, full_images=full_images, val_var=val,
-                full_var=full, seed_var=max(full - val_full, 0.0),
-                mean_full=statistics.fmean(diffs_full[s] for s in seeds))
+    def components(ms_seed: float, ms_image: float) -> dict:
+        return dict(seed_var=max((ms_seed - ms['inter']) / n_subsets, 0.0),
+                    image_var=max((ms_image - ms['inter']) / n_seeds, 0.0),
+                    inter_var=ms['inter'], subset_images=subset_images)
+
+    def ends(key: str) -> tuple:  # E[MS] at the ends of the chi-square interval of MS
+        tail = (1 - confidence) / 2
+        return tuple(ms[key] * df[key] / chi2_quantile(q, df[key]) for q in (1 - tail, tail))
+
+    (seed_lo, seed_hi), (image_lo, image_hi) = ends('seed'), ends('image')
+    return dict(seeds=n_seeds, subsets=n_subsets, mean_squares=ms, df=df,
+                **components(ms['seed'], ms['image']),
+                low=components(seed_lo, image_lo), high=components(seed_hi, image_hi))
 
 
-def half_width(seed_var: float, val_var: float, subset_images: int, seeds: int, images: int,
-               confidence: float = 0.95) -> float:
-    """The paired interval's half-width for ``seeds`` seeds and ``images`` validation images."""
-    var = seed_var + val_var * subset_images / images
-    return t_quantile(0.5 + confidence / 2, seeds - 1) * math.sqrt(var / seeds)
+def estimate_var(parts: dict, seeds: int, images: int) -> float:
+    """The variance of a study's mean paired difference over ``seeds`` seeds, all scored on the
+    same ``images`` validation images: the shared image term is not divided by the seeds."""
+    scale = parts['subset_images'] / images
+    return (parts['seed_var'] + parts['inter_var'] * scale) / seeds + parts['image_var'] * scale
 
 
-def seeds_needed(seed_var: float, val_var: float, subset_images: int, images: int,
-                 target: float, most: int = 1000) -> Optional[int]:
+def half_width(parts: dict, seeds: int, images: int, confidence: float = 0.95) -> float:
+    """The half-width of the interval that holds a study's estimate ``confidence`` of the time
+    around the true difference, for ``seeds`` seeds and ``images`` validation images."""
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    return z * math.sqrt(estimate_var(parts, seeds, images))
+
+
+def seeds_needed(parts: dict, images: int, target: float, most: int = 1000) -> Optional[int]:
     """The fewest seeds (>= 2) whose half-width at ``images`` images is at most ``target``; None
-    past ``most``."""
+    past ``most`` (and wherever the shared image term alone exceeds it)."""
     for seeds in range(2, most + 1):
-        if half_width(seed_var, val_var, subset_images, seeds, images) <= target:
+        if half_width(parts, seeds, images) <= target:
             return seeds
     return None
+
+
+def images_needed(parts: dict, target: float, confidence: float = 0.95) -> int:
+    """The fewest validation images at which some number of seeds reaches ``target``: where the
+    shared image term's half-width alone falls below it."""
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    return math.floor(z * z * parts['image_var'] * parts['subset_images'] / target ** 2) + 1
 
 
 def _evaluate_run(root: str, workspace: str, task: str, config: str, checkpoint: str, data: str,
@@ -170,6 +218,13 @@ def _evaluate_run(root: str, workspace: str, task: str, config: str, checkpoint:
                     *data_options(task, data)], cwd=workspace, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     os.replace(tmp, out)
+
+
+def _remove(path: str) -> None:
+    if osp.isdir(path):
+        shutil.rmtree(path)
+    elif osp.exists(path):
+        os.remove(path)
 
 
 def _scorer(task: str, data: str, out: str):
@@ -203,12 +258,15 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
         for seed in seeds:
             ext = '.pkl' if task == 'det' else ''
             out = osp.join(study, 'noise', f'{images}', name, f'seed{seed}{ext}')
-            if not osp.exists(out):
+            checkpoint = last_checkpoint(run_dir(study, osp.join(root, config), seed))
+            source = sources(checkpoint=checkpoint)
+            if not is_current(out, source):  # new, or the run's checkpoint changed since
+                _remove(out)
                 os.makedirs(osp.dirname(out), exist_ok=True)
                 log(f'{task}: {name} seed {seed} on {images} new validation images')
-                _evaluate_run(root, workspace, task, osp.join(root, config),
-                              last_checkpoint(run_dir(study, osp.join(root, config), seed)),
-                              data, out)
+                _evaluate_run(root, workspace, task, osp.join(root, config), checkpoint, data,
+                              out)
+                record_sources(out, source)
             scorer = _scorer(task, data, out)
             values.setdefault(name, {})[seed] = {
                 'full': scorer.metric(scorer.images),
@@ -224,8 +282,7 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
     for name in names[1:]:
         by_size = {size: {s: [a - b for a, b in zip(values[name][s][size], base[s][size])]
                           for s in seeds} for size in sizes}
-        full = {s: values[name][s]['full'] - base[s]['full'] for s in seeds}
-        parts = decompose(by_size[n], full, n, images)
+        parts = decompose(by_size[n], n)
         parts['val_var_by_size'] = {
             size: statistics.fmean(statistics.variance(d[s]) for s in seeds)
             for size, d in by_size.items()}
@@ -236,7 +293,12 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
 
 
 def _sd(var: float) -> str:
-    return f'{math.sqrt(var):.4f}' if var < 1 else f'{math.sqrt(var):.2f}'
+    return f'{math.sqrt(var):.4f}'
+
+
+def _seeds(parts: dict, images: int, target: float) -> str:
+    need = seeds_needed(parts, images, target)
+    return str(need) if need else '> 1000'
 
 
 def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
@@ -244,17 +306,24 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
     out = []
     for r in results:
         n, big, target = r['study_images'], r['images'], r['target']
-        out.append(f"**{r['task']}**: paired differences against {r['baseline']}, "
-                   f"{len(r['seeds'])} seeds, {big} new validation images (subsets of {n}, the "
-                   f"study's validation size); standard deviations:\n")
-        out.append('| config | validation sd, {n} images | seed sd | validation share at {n} '
-                   'images | difference on {big} images, mean (per seed) |'.format(n=n, big=big))
-        out.append('| --- | --- | --- | --- | --- |')
+        k = len(r['seeds'])
+        out.append(f"**{r['task']}**: paired differences against {r['baseline']}, {k} seeds, "
+                   f"{big} new validation images in {big // n} subsets of {n} (the study's "
+                   f"validation size), every seed scored on the same subsets; standard deviations "
+                   f"of the difference on {n} images, with the 95% interval of the seed and image "
+                   f"terms:\n")
+        out.append(f'| config | seed sd | image sd (shared by the seeds) | interaction sd | '
+                   f'validation share of the study\'s variance ({k} seeds, {n} images) | '
+                   f'difference on {big} images, mean (per seed) |')
+        out.append('| --- ' * 6 + '|')
         for name, c in r['configs'].items():
-            share = c['val_var'] / (c['val_var'] + c['seed_var'])
+            total = estimate_var(c, k, n)
+            share = f"{1 - c['seed_var'] / k / total:.0%}" if total > 0 else 'n/a'
             diffs = ', '.join(f'{d:+.4f}' for d in c['paired']['diffs'])
-            out.append(f"| {name} | {_sd(c['val_var'])} | {_sd(c['seed_var'])} | {share:.0%} | "
-                       f"{c['mean_full']:+.4f} ({diffs}) |")
+            cells = [f"{_sd(c[key])} [{_sd(c['low'][key])}, {_sd(c['high'][key])}]"
+                     for key in ('seed_var', 'image_var')]
+            out.append(f"| {name} | {cells[0]} | {cells[1]} | {_sd(c['inter_var'])} | "
+                       f"{share} | {c['paired']['mean']:+.4f} ({diffs}) |")
         out.append('')
         out.append(f"The study's runs compared on the {big} new images (paired by seed; "
                    f"MDE: the minimum detectable effect, 80% power at p < 0.05):\n")
@@ -266,27 +335,31 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
                        f"{pr['ci_high']:+.4f}] | {pr['p']:.3f} | {pr['mde']:.4f} |")
         out.append('')
         sizes = r['sizes']
-        out.append('Validation sd of the difference by subset size (images: sd; a mean over '
-                   'images would halve it for every 4x):\n')
+        out.append('Validation sd of the difference by subset size, within a seed (image and '
+                   'interaction terms together; images: sd; a mean over images would halve it '
+                   'for every 4x):\n')
         for name, c in r['configs'].items():
             out.append(f'- {name}: ' + ', '.join(
                 f'{size}: {_sd(c["val_var_by_size"][size])}' for size in sizes))
         out.append('')
         images_grid = sorted({n, 128, big, 4 * big})
-        out.append(f'95% half-width of the paired interval for S seeds and N validation images, '
-                   f'from these variances (target {target}); last column: the fewest seeds '
-                   f'that reach it at N images:\n')
+        out.append(f'95% half-width of the estimate of a study of S seeds scored on the same N '
+                   f'validation images (target {target}); last column: the fewest seeds that '
+                   f'reach the target at N images, [at the low end, at the high end] of the '
+                   f'seed and image variances\' intervals:\n')
         head = ' | '.join(f'S = {s}' for s in seeds_grid)
         for name, c in r['configs'].items():
             out.append(f'{name}:\n')
             out.append(f'| N | {head} | seeds for ±{target} |')
             out.append('| --- |' + ' --- |' * (len(seeds_grid) + 1))
             for images in images_grid:
-                cells = ' | '.join(f"{half_width(c['seed_var'], c['val_var'], n, s, images):.4f}"
-                                   for s in seeds_grid)
-                need = seeds_needed(c['seed_var'], c['val_var'], n, images, target)
-                out.append(f'| {images} | {cells} | {need if need else "> 1000"} |')
-            out.append('')
+                cells = ' | '.join(f'{half_width(c, s, images):.4f}' for s in seeds_grid)
+                out.append(f"| {images} | {cells} | {_seeds(c, images, target)} "
+                           f"[{_seeds(c['low'], images, target)}, "
+                           f"{_seeds(c['high'], images, target)}] |")
+            out.append(f"\nNo number of seeds reaches ±{target} below "
+                       f"{images_needed(c, target)} images [{images_needed(c['low'], target)}, "
+                       f"{images_needed(c['high'], target)}] (the shared image term alone).\n")
     return '\n'.join(out)
 
 

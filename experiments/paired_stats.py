@@ -1,6 +1,7 @@
 """Paired comparison of two configs over seeds: mean difference, its 95% confidence interval, the
 two-sided paired t-test p-value, exact through the regularized incomplete beta function, and the
-minimum detectable effect of the run (no scipy needed; ``tests/experiments/test_paired_stats.py``
+minimum detectable effect of the run, and the chi-square quantiles that bound a variance
+estimated from few degrees of freedom (no scipy needed; ``tests/experiments/test_paired_stats.py``
 checks them against scipy, closed forms and a worked example). Standard library only."""
 import math
 import statistics
@@ -51,6 +52,50 @@ def t_quantile(q: float, df: int) -> float:
     for _ in range(200):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 2 * (1 - q) else (lo, mid)
+    return (lo + hi) / 2
+
+
+def gammainc(a: float, x: float) -> float:
+    """The regularized lower incomplete gamma function P(a, x): its series below ``a + 1``, the
+    continued fraction of 1 - P (modified Lentz's method) above."""
+    if x <= 0.0:
+        return 0.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1.0 / a
+        for n in range(1, 10000):
+            term *= x / (a + n)
+            total += term
+            if abs(term) < abs(total) * 1e-16:
+                return math.exp(log_front) * total
+        raise ArithmeticError(f'incomplete gamma series did not converge for a={a}, x={x}')
+    tiny, b = 1e-300, x + 1.0 - a
+    c, d = 1.0 / tiny, 1.0 / b
+    h = d
+    for i in range(1, 10000):
+        num = -i * (i - a)
+        b += 2.0
+        d = num * d + b
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = b + num / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            return 1.0 - math.exp(log_front) * h
+    raise ArithmeticError(f'incomplete gamma fraction did not converge for a={a}, x={x}')
+
+
+def chi2_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile (0 < q < 1) of the chi-square distribution, by bisection on its CDF
+    ``P(df / 2, x / 2)``."""
+    if not 0.0 < q < 1.0 or df <= 0:
+        raise ValueError(f'chi2_quantile: need 0 < q < 1 and df > 0, got q={q}, df={df}')
+    lo, hi = 0.0, max(1.0, 2.0 * df)
+    while gammainc(df / 2.0, hi / 2.0) < q:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-14 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gammainc(df / 2.0, mid / 2.0) < q else (lo, mid)
     return (lo + hi) / 2
 
 

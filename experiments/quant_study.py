@@ -3,7 +3,9 @@
 the stock model of the same seed, and the int8 drops compared paired by seed.
 
 Each check is a run of the command line, as a user runs it, writing
-``work_dirs/study/<task>/int8/seed<k>.{md,json}``; a check whose JSON exists is read, not rerun.
+``work_dirs/study/<task>/int8/seed<k>.{md,json}``; a check whose JSON exists is read, not rerun,
+while the two checkpoints it came from (recorded beside it, :mod:`.fingerprint`) are the runs'
+last ones; it runs again when either changes.
 """
 import json
 import os
@@ -13,6 +15,7 @@ import sys
 from typing import Callable, Dict, Sequence
 
 from .compare import last_checkpoint, run_dir
+from .fingerprint import is_current, record_sources, sources
 from .paired_stats import paired
 from .study import TASKS
 
@@ -56,17 +59,20 @@ def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
     study = osp.join(workspace, 'work_dirs', 'study', task)
     out = report_path(study, seed, engine)
     json_out = out[:-len('.md')] + '.json'
-    if not osp.isfile(json_out):
-        stock, do_all = (osp.join(root, TASKS[task]['configs'][i]) for i in (STOCK, ALL))
+    stock, do_all = (osp.join(root, TASKS[task]['configs'][i]) for i in (STOCK, ALL))
+    checkpoints = dict(model=last_checkpoint(run_dir(study, do_all, seed)),
+                       baseline=last_checkpoint(run_dir(study, stock, seed)))
+    source = sources(**checkpoints)
+    if not is_current(json_out, source):  # new, or a run's checkpoint changed since
         work = osp.join(study, 'int8', f'seed{seed}' + ('' if engine == 'torch' else f'-{engine}'))
         cmd = [sys.executable, osp.join(root, 'tools', 'quant_check.py'), do_all,
-               last_checkpoint(run_dir(study, do_all, seed)), '--baseline', stock,
-               last_checkpoint(run_dir(study, stock, seed)), '--calib', str(calib),
-               '--engine', engine, '--work-dir', work, '--out', out]
+               checkpoints['model'], '--baseline', stock, checkpoints['baseline'], '--calib',
+               str(calib), '--engine', engine, '--work-dir', work, '--out', out]
         log(f'{task} seed {seed}: ' + ' '.join(cmd[1:]))
         os.makedirs(osp.dirname(out), exist_ok=True)
         with open(out[:-len('.md')] + '.log', 'a') as f:
             subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
+        record_sources(json_out, source)
     with open(json_out) as f:
         return json.load(f)
 

@@ -10,18 +10,23 @@ Per task (det: Faster R-CNN R18-FPN on toy COCO; seg: DeepLabv3 R18-D8 on toy Ci
    DO-Conv layers load the plain weights as D = 0), several seeds each, through
    :class:`.compare.Comparison`, which pairs the runs by seed and writes the report.
 
-Every step is skipped when its result exists, so an interrupted study continues where it stopped.
+Every step is skipped when its result exists, so an interrupted study continues where it stopped;
+the pretraining, like each fine-tuning run (:class:`.compare.Comparison`), records its fingerprint
+and a result trained with another one stops the study (``retrain``: trained again, and the
+fine-tuning runs after it, whose fingerprints hold the backbone's content).
 """
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from .compare import (Comparison, last_checkpoint, pick_metric, read_logs, seed_options,
-                      write_report)
+from .compare import (Comparison, StaleRun, fingerprint_differences, last_checkpoint, pick_metric,
+                      read_logs, seed_options, stale_message, write_report)
+from .fingerprint import resolved_config, run_fingerprint, write_fingerprint
 
 TASKS = {
     'det': dict(
@@ -66,8 +71,10 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
 
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
              cfg_options: Sequence[str] = (), log: Callable[[str], None] = print,
-             progress: Optional[Callable[[], None]] = None) -> Dict:
-    """One task's steps 1-3 (see the module doc); returns the comparison's report."""
+             progress: Optional[Callable[[], None]] = None, retrain: bool = False) -> Dict:
+    """One task's steps 1-3 (see the module doc); returns the comparison's report. ``retrain``:
+    the pretraining and the fine-tuning runs trained with another fingerprint than this call's
+    are trained again (:class:`.Comparison`)."""
     spec = TASKS[task]
     study = osp.join(workspace, 'work_dirs', 'study', task)
     py, tools = sys.executable, osp.join(root, 'tools')
@@ -76,16 +83,26 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
                         osp.join(workspace, data), '--seed', str(seed)], cwd=workspace,
                        check=True, stdout=subprocess.DEVNULL)
     backbone = osp.join(study, 'pretrained_backbone.pth')
+    pretrain_dir = osp.join(study, 'pretrain')
+    options = [*seed_options(PRETRAIN_SEED), *data_options(task, spec['pretrain_data'])]
+    fingerprint = run_fingerprint(resolved_config(osp.join(root, spec['pretrain']), options),
+                                  PRETRAIN_SEED, workspace)
+    started = osp.isfile(osp.join(pretrain_dir, 'last_checkpoint'))
+    diff = fingerprint_differences(pretrain_dir, fingerprint) if started else []
+    if diff and not retrain:
+        raise StaleRun(stale_message(f'{task} pretraining', pretrain_dir, diff))
+    if diff:  # pretrain again; the fine-tuning runs follow (their fingerprints hold the backbone)
+        shutil.rmtree(pretrain_dir)
+        if osp.isfile(backbone):
+            os.remove(backbone)
+        started = False
     if not osp.isfile(backbone):
-        pretrain_dir = osp.join(study, 'pretrain')
         log(f'{task}: pretraining the stock network on {spec["pretrain_data"]} '
             f'({spec["pretrain"]})')
         cmd = [py, osp.join(tools, 'train.py'), osp.join(root, spec['pretrain']), '--work-dir',
-               pretrain_dir, '--cfg-options', *seed_options(PRETRAIN_SEED),
-               *data_options(task, spec['pretrain_data'])]
-        if osp.isfile(osp.join(pretrain_dir, 'last_checkpoint')):
-            cmd.append('--resume')
-        os.makedirs(pretrain_dir, exist_ok=True)
+               pretrain_dir, '--cfg-options', *options] + (['--resume'] if started else [])
+        if not started:
+            write_fingerprint(pretrain_dir, fingerprint)
         with open(osp.join(pretrain_dir, 'study_train.log'), 'a') as f:
             subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
         n = backbone_checkpoint(last_checkpoint(pretrain_dir), backbone, spec['prefix'])
@@ -94,7 +111,7 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
         log(f'{task}: pretrained ({metric} {val[max(val)][metric]}); {n} backbone tensors -> '
             f'{backbone}')
     comparison = Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
-                            cfg_options, cwd=workspace)
+                            cfg_options, cwd=workspace, retrain=retrain)
     log(f'{task}: fine-tuning {len(spec["configs"])} configs x {len(seeds)} seeds')
     comparison.train(progress)
     report = comparison.collect()

@@ -5,14 +5,18 @@ work).
 
     python tools/compare.py BASELINE_CONFIG CONFIG [CONFIG ...] --seeds 0 1 2 --work-dir DIR
                             [--cfg-options k=v ...] [--metric NAME] [--out PREFIX]
-                            [--launcher none|pytorch|slurm] [--gpus N]
+                            [--launcher none|pytorch|slurm] [--gpus N] [--retrain]
                             [--print-commands | --collect]
 
 Every config runs with every seed (the same seed, so the same data order, for all configs); runs
 land in DIR/<config name>/seed<k>; finished runs are read, not rerun, and a killed run resumes
-from its last checkpoint when started again. --print-commands prints the training commands of the
-unfinished runs (e.g. --launcher slurm for a cluster) and exits; --collect only reads finished
-runs. The report goes to PREFIX.md, .json and .png (default DIR/compare) and is printed.
+from its last checkpoint when started again. Each run records what trains it (the config as
+resolved after --cfg-options, the seed, the checkpoints the config loads, the package versions);
+a run trained with anything else stops the command with an error naming it and what differs:
+--retrain deletes such runs and trains them again (or give another --work-dir). --print-commands
+prints the training commands of the unfinished runs (e.g. --launcher slurm for a cluster) and
+exits; --collect only reads finished runs. The report goes to PREFIX.md, .json and .png (default
+DIR/compare) and is printed.
 """
 import argparse
 import os.path as osp
@@ -39,6 +43,9 @@ def main(argv=None):
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none')
     parser.add_argument('--gpus', type=int, default=1, help='processes per run (--launcher '
                         'pytorch; on CPU, gloo processes)')
+    parser.add_argument('--retrain', action='store_true',
+                        help='delete and train again the runs that another config, seed, '
+                        'loaded checkpoint or package version trained')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--print-commands', action='store_true',
                       help='print the commands of the unfinished runs and exit')
@@ -49,6 +56,8 @@ def main(argv=None):
     if args.launcher == 'slurm' and not (args.print_commands or args.collect):
         parser.error('--launcher slurm: submit the runs yourself: --print-commands gives the '
                      'commands, --collect reads the finished runs')
+    if args.retrain and args.collect:
+        parser.error('--retrain trains runs again; --collect only reads them: use one')
     bad = [kv for kv in args.cfg_options if '=' not in kv]
     if bad:
         parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
@@ -57,7 +66,7 @@ def main(argv=None):
             check_input(config, 'config')
         comparison = Comparison(ROOT, [osp.abspath(c) for c in args.configs], args.seeds,
                                 osp.abspath(args.work_dir), args.cfg_options, args.metric,
-                                args.launcher, args.gpus)
+                                args.launcher, args.gpus, retrain=args.retrain)
         if args.print_commands:
             for cmd in comparison.pending_commands():
                 print(' '.join(shlex.quote(c) if c != '${PARTITION}' else c for c in cmd))

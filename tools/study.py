@@ -2,15 +2,20 @@
 vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
-                          [--cfg-options k=v ...] [--noise [IMAGES]]
+                          [--cfg-options k=v ...] [--retrain] [--noise [IMAGES]]
                           [--int8 [--calib N] [--engines E ...]]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
 it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
-train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg).
+train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg);
+a fine-tuning run trained with other options, an edited config, another pretrained backbone or
+other package versions stops it with an error naming the run: --retrain trains such runs again.
+Noise predictions and int8 reports record the checkpoints they came from and are computed again
+when those change.
 --noise: then every run evaluated on IMAGES (default 512) new validation images of the same
-generator, and each paired difference's variance split into the validation set's share and the
-seeds' share, with the seeds and images a target interval needs (experiments/noise.py;
+generator, and the paired differences split into a seed effect, an image effect shared by the
+seeds and their interaction, with the seeds and images a target interval needs and their
+intervals (experiments/noise.py;
 WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
 drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
@@ -39,9 +44,13 @@ def main(argv=None):
                         help='where data/ and work_dirs/ go (default: the checkout)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
+    parser.add_argument('--retrain', action='store_true',
+                        help='train again the fine-tuning runs that another config, seed, '
+                        'loaded checkpoint or package version trained')
     parser.add_argument('--noise', type=int, nargs='?', const=512, default=None,
-                        metavar='IMAGES', help='then split the differences\' variance into '
-                        'validation and seed noise on IMAGES new validation images (default 512)')
+                        metavar='IMAGES', help='then split the differences into seed, '
+                        'image and interaction noise on IMAGES new validation images '
+                        '(default 512)')
     parser.add_argument('--int8', action='store_true',
                         help='then check int8 of DO-Conv all vs stock, per seed')
     parser.add_argument('--calib', type=int, default=32,
@@ -66,7 +75,7 @@ def main(argv=None):
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError):
             reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
                                      args.cfg_options, log=lambda msg: print('\n' + msg),
-                                     progress=bar.update)
+                                     progress=bar.update, retrain=args.retrain)
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))

@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from experiments.paired_stats import betainc, paired, t_quantile, t_two_sided_p
+from experiments.paired_stats import (betainc, chi2_quantile, gammainc, paired, t_quantile,
+                                      t_two_sided_p)
 
 
 def closed_form_p(t, df):
@@ -48,10 +49,26 @@ def test_against_scipy_where_installed():
             assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-10)
     for a, b, x in ((0.5, 0.5, 0.3), (2.0, 7.5, 0.9), (15.0, 0.5, 0.99)):
         assert betainc(a, b, x) == pytest.approx(stats.beta.cdf(x, a, b), rel=1e-12)
+    for df in (1, 2, 3, 31, 63, 999):
+        for q in (0.025, 0.5, 0.975):
+            assert chi2_quantile(q, df) == pytest.approx(stats.chi2.ppf(q, df), rel=1e-10)
+    for a, x in ((0.5, 0.1), (1.5, 40.0), (3.0, 10.0), (100.0, 90.0)):
+        assert gammainc(a, x) == pytest.approx(stats.gamma.cdf(x, a), rel=1e-12)
     values, base = [0.31, 0.35, 0.29, 0.40, 0.33], [0.30, 0.31, 0.30, 0.36, 0.30]
     ref = stats.ttest_rel(values, base)
     r = paired(values, base)
     assert (r['t'], r['p']) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-10)
+
+
+@pytest.mark.parametrize('q', [0.025, 0.3, 0.975])
+def test_chi_square_quantiles_match_the_closed_forms(q):
+    """df = 2 is the exponential of mean 2: -2 ln(1 - q); df = 1 is a squared standard normal:
+    its q quantile is z((1 + q) / 2) squared."""
+    assert chi2_quantile(q, 2) == pytest.approx(-2 * math.log(1 - q), rel=1e-12)
+    z = statistics.NormalDist().inv_cdf((1 + q) / 2)
+    assert chi2_quantile(q, 1) == pytest.approx(z * z, rel=1e-10)
+    with pytest.raises(ValueError, match='need 0 < q < 1 and df > 0, got q=1.5'):
+        chi2_quantile(1.5, 2)
 
 
 def test_degenerate_cases():

@@ -1,10 +1,35 @@
 """experiments/quant_study.py's summary: per-seed reports (as tools/quant_check.py writes them)
-paired by seed, against hand-computed differences."""
+paired by seed, against hand-computed differences; a report made again when a run's checkpoint
+changes, and only then."""
 import json
+import os.path as osp
 
 import pytest
 
 from experiments import quant_study
+from experiments.compare import config_name
+from experiments.fingerprint import record_sources, sources
+
+
+def finished_runs(tmp_path, task, seeds, checkpoint='epoch_6.pth'):
+    """The stock and DO-Conv-all runs of each seed, a checkpoint each; returns their paths by
+    (role, seed)."""
+    paths = {}
+    for role, index in (('baseline', quant_study.STOCK), ('model', quant_study.ALL)):
+        name = config_name(quant_study.TASKS[task]['configs'][index])
+        for seed in seeds:
+            run = tmp_path / 'work_dirs' / 'study' / task / name / f'seed{seed}'
+            run.mkdir(parents=True, exist_ok=True)
+            (run / checkpoint).write_bytes(f'{name} {seed} {checkpoint}'.encode())
+            (run / 'last_checkpoint').write_text(str(run / checkpoint))
+            paths[role, seed] = str(run / checkpoint)
+    return paths
+
+
+def made_from(report_json, paths, seed):
+    """Record a report as made from the seed's two runs, as check_seed does."""
+    record_sources(str(report_json), sources(model=paths['model', seed],
+                                             baseline=paths['baseline', seed]))
 
 
 def report(fp32, drops, sqnr, out=((40.0, 30.0), (41.0, 31.0))):
@@ -29,6 +54,9 @@ def test_summary_pairs_the_drops_by_seed(tmp_path):
     (int8 / 'seed1.json').write_text(json.dumps(report(
         (0.32, 0.30), ((0.020, 0.040), (0.005, 0.010)), (39.0, 41.5),
         ((38.0, 27.0), (41.0, 30.0)))))
+    paths = finished_runs(tmp_path, 'det', [0, 1])
+    for seed in (0, 1):
+        made_from(int8 / f'seed{seed}.json', paths, seed)
     s = quant_study.run_task('unused-root', str(tmp_path), 'det', [0, 1])  # both read, none run
     assert s['metric'] == 'coco/bbox_mAP'
     assert s['paired']['fp32']['diffs'] == pytest.approx([0.02, 0.02], abs=1e-12)
@@ -72,6 +100,9 @@ def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
         (79.0, 79.5), (0.75, 0.25), (29.0, 31.0), (27.5, 29.0), ((10.5, 12.0), (10.0, 12.0)))))
     # the simulation's reports of the same seeds are other files: not read here
     (int8 / 'seed0.json').write_text('not this one')
+    paths = finished_runs(tmp_path, 'seg', [0, 1])
+    for seed in (0, 1):
+        made_from(int8 / f'seed{seed}.onnxruntime.json', paths, seed)
     s = quant_study.run_task('unused-root', str(tmp_path), 'seg', [0, 1], engine='onnxruntime')
     assert s['engine'] == 'onnxruntime' and s['metric'] == 'mIoU'
     p = s['paired']
@@ -91,3 +122,31 @@ def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
     assert rows[3] == ('| seg | mIoU | DO-Conv all, folded | 79.50 | +0.62 | 29.50 | 27.75 | '
                        '10.2 | 12.0 | 22.8 dB (net:/conv_seg/Conv) |')
     assert rows[4].startswith('| seg | mIoU | DO-Conv - stock, paired | -0.75 [')
+
+
+def test_a_report_is_made_again_when_a_run_changes(tmp_path, monkeypatch):
+    """tools/quant_check.py replaced by a stand-in that writes its report and notes the two
+    checkpoints it was given: a seed's report is made once, read while its runs' checkpoints
+    stay, and made again from the new ones when the runs are resumed."""
+    paths = finished_runs(tmp_path, 'det', [0])
+    made = []
+
+    def quant_check(cmd, cwd=None, check=False, stdout=None, stderr=None):
+        made.append((cmd[3], cmd[cmd.index('--baseline') + 2]))
+        out = cmd[cmd.index('--out') + 1]
+        with open(out[:-len('.md')] + '.json', 'w') as f:
+            json.dump(report((0.30 + 0.01 * len(made), 0.28), ((0.01, 0.03), (0.005, 0.02)),
+                             (40.0, 41.0)), f)
+
+    monkeypatch.setattr(quant_study.subprocess, 'run', quant_check)
+    first = quant_study.check_seed('root', str(tmp_path), 'det', 0, 8, log=lambda msg: None)
+    assert made == [(paths['model', 0], paths['baseline', 0])]
+    assert quant_study.check_seed('root', str(tmp_path), 'det', 0, 8, log=lambda m: None) == first
+    assert len(made) == 1
+    resumed = finished_runs(tmp_path, 'det', [0], checkpoint='epoch_8.pth')
+    again = quant_study.check_seed('root', str(tmp_path), 'det', 0, 8, log=lambda msg: None)
+    assert made[1] == (resumed['model', 0], resumed['baseline', 0])
+    assert again['models']['model']['metrics']['fp32']['coco/bbox_mAP'] == pytest.approx(0.32)
+    int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
+    recorded = json.loads((int8 / 'seed0.json.sources.json').read_text())
+    assert recorded['model']['path'] == resumed['model', 0] and osp.isfile(int8 / 'seed0.json')

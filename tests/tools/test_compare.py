@@ -1,6 +1,7 @@
 """tools/compare.py on the toy detector: 2 configs x 2 seeds, killed in the middle and started
-again, its report checked against the runs' own logs; and the determinism that pairing by seed
-relies on."""
+again, its report checked against the runs' own logs; runs trained with other options or an
+edited config refused, then trained again with --retrain; and the determinism that pairing by
+seed relies on."""
 import glob
 import json
 import os
@@ -100,6 +101,58 @@ def test_compare_resumes_after_a_kill_and_reports_paired_statistics(workspace):
     assert attempts(ws, NAMES[0], 1) == 1 and attempts(ws, NAMES[1], 1) == 1
 
 
+def test_other_options_or_an_edited_config_refuse_then_retrain(workspace, tmp_path):
+    """Real runs of seed 0 (one epoch) through configs that only inherit the demo's (same names,
+    same resolved config). Another learning rate in --cfg-options: the command, and --collect,
+    stop with one line naming the first run and what differs. An edited config: only its run
+    differs; --retrain trains that one again from scratch and reads the other."""
+    configs = []
+    for config in CONFIGS:
+        path = tmp_path / 'configs' / osp.basename(config)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f'_base_ = {config!r}\n')
+        configs.append(str(path))
+    work = tmp_path / 'work'
+
+    def run(*flags, options=()):
+        cmd = [sys.executable, osp.join(ROOT, 'tools/compare.py'), *configs, '--seeds', '0',
+               '--work-dir', str(work), *flags, '--cfg-options', *TINY,
+               'train_cfg.max_epochs=1', *options]
+        return subprocess.run(cmd, cwd=workspace, capture_output=True, text=True, timeout=900)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    stamps = {name: sorted(os.listdir(work / name / 'seed0')) for name in NAMES}
+    for flags in ((), ('--collect',)):
+        other = run(*flags, options=['optim_wrapper.optimizer.lr=0.0123'])
+        error = other.stderr.strip().splitlines()[-1]  # after the packages' warnings, if any
+        assert other.returncode == 1 and other.stderr.count('error:') == 1, other.stderr
+        assert error.startswith(
+            f"compare.py: error: {NAMES[0]} seed 0 ({work / NAMES[0] / 'seed0'}) was trained "
+            "with another fingerprint than this command's, run -> command: "
+            "config.optim_wrapper.optimizer.lr: 0.01 -> 0.0123; 1 more runs differ too; "
+            "--retrain trains them again"), error
+
+    with open(configs[1], 'a') as f:
+        f.write('optim_wrapper = dict(optimizer=dict(lr=0.0123))\n')
+    edited = run()
+    assert edited.returncode == 1
+    assert f'error: {NAMES[1]} seed 0 (' in edited.stderr and 'more runs' not in edited.stderr
+    assert 'config.optim_wrapper.optimizer.lr: 0.01 -> 0.0123; --retrain trains it again' \
+        in edited.stderr
+    retrained = run('--retrain')
+    assert retrained.returncode == 0, retrained.stdout[-3000:] + retrained.stderr[-3000:]
+    assert sorted(os.listdir(work / NAMES[0] / 'seed0')) == stamps[NAMES[0]]  # read, not rerun
+    assert attempts(tmp_path, NAMES[1], 0) == 1  # the old attempt deleted, one new one
+    recorded = json.loads((work / NAMES[1] / 'seed0' / 'fingerprint.json').read_text())
+    assert recorded['config']['optim_wrapper']['optimizer']['lr'] == 0.0123
+    report = json.loads((work / 'compare.json').read_text())
+    for name in NAMES:
+        logs = read_logs(str(work / name / 'seed0'))
+        assert report['configs'][name]['values'] == [logs['val'][max(logs['val'])][
+            'coco/bbox_mAP']]
+
+
 def test_compare_argument_errors(workspace, tmp_path):
     one = subprocess.run([sys.executable, osp.join(ROOT, 'tools/compare.py'), CONFIGS[0],
                           '--work-dir', str(tmp_path)], capture_output=True, text=True)
@@ -110,6 +163,8 @@ def test_compare_argument_errors(workspace, tmp_path):
         [sys.executable, osp.join(ROOT, 'tools/compare.py'), *CONFIGS, '--seeds', '5',
          '--work-dir', str(tmp_path / 'w'), '--collect'], capture_output=True, text=True)
     assert unfinished.returncode == 1 and '2 runs are not finished' in unfinished.stderr
+    both = compare(workspace, '--collect', '--retrain')
+    assert both.returncode == 2 and '--retrain trains runs again; --collect only' in both.stderr
 
 
 def test_the_same_seed_gives_the_same_metric_twice(workspace):
