@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .fingerprint import (FILE, differences, read_fingerprint, resolved_config, run_fingerprint,
                           write_fingerprint)
+from .kernels import kernel_env
 from .paired_stats import paired
 
 DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')  # mmdet's and mmseg's headline metrics
@@ -228,14 +229,16 @@ class Comparison:
                 if state != 'finished']
 
     def train(self, progress=None) -> None:
-        """Train every run not finished yet, one after the other; each run's output goes to
-        ``compare_train.log`` in its folder. ``progress`` is called after every run."""
+        """Train every run not finished yet, one after the other, with the CPU kernels pinned
+        (:func:`.kernels.kernel_env`); each run's output goes to ``compare_train.log`` in its
+        folder. ``progress`` is called after every run."""
         for config, seed, work_dir, state in self._prepare():
             if state != 'finished':
                 log = osp.join(work_dir, 'compare_train.log')
                 with open(log, 'a') as f:
                     proc = subprocess.run(self.command(config, seed, state == 'resumable'),
-                                          cwd=self.cwd, stdout=f, stderr=subprocess.STDOUT)
+                                          cwd=self.cwd, env=kernel_env(), stdout=f,
+                                          stderr=subprocess.STDOUT)
                 if proc.returncode or run_state(work_dir, self.final[config]) != 'finished':
                     raise RuntimeError(f'training {config_name(config)} seed {seed} failed '
                                        f'(exit {proc.returncode}); see {log}')

@@ -2,7 +2,8 @@
 
 A training run's fingerprint: its config as resolved after ``--cfg-options``, its seed, the
 checkpoint files that config loads (e.g. the study's pretrained backbone), by content, and the
-versions of the packages that train it (torch, mmengine, mmcv, mmdet or mmseg, doconv_mm).
+versions of the packages that train it (torch, mmengine, mmcv, mmdet or mmseg, doconv_mm), and the
+settings that pin its CPU kernels (:data:`.kernels.KERNEL_ENV`).
 :class:`.compare.Comparison` writes it into the run's folder before the run starts and reads or
 resumes the run only while the command's fingerprint is the same.
 
@@ -16,6 +17,8 @@ import os
 import os.path as osp
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
+
+from .kernels import KERNEL_ENV
 
 FILE = 'fingerprint.json'
 PACKAGES = ('torch', 'mmengine', 'mmcv')  # and the toolkit of the config's scope
@@ -71,11 +74,12 @@ def versions(scope: Optional[str] = None) -> Dict[str, Optional[str]]:
 
 
 def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None) -> dict:
-    """The fingerprint of a run of the resolved config ``cfg`` with ``seed`` (module doc);
+    """The fingerprint of a run of the resolved config ``cfg`` with ``seed``, trained in
+    :func:`.kernels.kernel_env` (module doc);
     relative paths in the config are read from ``cwd`` (default: this process's), where the run
     trains."""
     return dict(config=cfg, seed=seed, checkpoints=_loaded_checkpoints(cfg, cwd or os.getcwd()),
-                versions=versions(cfg.get('default_scope')))
+                versions=versions(cfg.get('default_scope')), kernels=dict(KERNEL_ENV))
 
 
 def _flat(value, prefix: str = '') -> Dict[str, object]:

@@ -54,6 +54,7 @@ import numpy as np
 
 from .compare import config_name, last_checkpoint, run_dir
 from .fingerprint import is_current, record_sources, sources
+from .kernels import kernel_env
 from .paired_stats import chi2_quantile, paired
 from .study import TASKS, data_options
 
@@ -215,7 +216,7 @@ def _evaluate_run(root: str, workspace: str, task: str, config: str, checkpoint:
     tmp = stem + '.tmp' + ext  # mmdet wants a .pkl
     subprocess.run([sys.executable, osp.join(root, 'tools', 'test.py'), config, checkpoint,
                     '--out', tmp, '--work-dir', osp.join(osp.dirname(out), 'logs'), '--cfg-options',
-                    *data_options(task, data)], cwd=workspace, check=True,
+                    *data_options(task, data)], cwd=workspace, env=kernel_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     os.replace(tmp, out)
 

@@ -27,6 +27,7 @@ import torch
 from .compare import (Comparison, StaleRun, fingerprint_differences, last_checkpoint, pick_metric,
                       read_logs, seed_options, stale_message, write_report)
 from .fingerprint import resolved_config, run_fingerprint, write_fingerprint
+from .kernels import kernel_env
 
 TASKS = {
     'det': dict(
@@ -104,7 +105,8 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
         if not started:
             write_fingerprint(pretrain_dir, fingerprint)
         with open(osp.join(pretrain_dir, 'study_train.log'), 'a') as f:
-            subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
+            subprocess.run(cmd, cwd=workspace, env=kernel_env(), check=True, stdout=f,
+                           stderr=subprocess.STDOUT)
         n = backbone_checkpoint(last_checkpoint(pretrain_dir), backbone, spec['prefix'])
         val = read_logs(pretrain_dir)['val']
         metric = pick_metric(val[max(val)], None)

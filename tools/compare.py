@@ -11,7 +11,8 @@ work).
 Every config runs with every seed (the same seed, so the same data order, for all configs); runs
 land in DIR/<config name>/seed<k>; finished runs are read, not rerun, and a killed run resumes
 from its last checkpoint when started again. Each run records what trains it (the config as
-resolved after --cfg-options, the seed, the checkpoints the config loads, the package versions);
+resolved after --cfg-options, the seed, the checkpoints the config loads, the package versions,
+the CPU kernels it is pinned to: experiments/kernels.py, so that a run repeats on another machine);
 a run trained with anything else stops the command with an error naming it and what differs:
 --retrain deletes such runs and trains them again (or give another --work-dir). --print-commands
 prints the training commands of the unfinished runs (e.g. --launcher slurm for a cluster) and
@@ -27,6 +28,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from doconv_mm.requirements import check_input, one_line_errors  # noqa: E402
 from experiments.compare import LAUNCHERS, Comparison, markdown, write_report  # noqa: E402
+from experiments.kernels import KERNEL_ENV  # noqa: E402
 
 
 def main(argv=None):
@@ -68,8 +70,10 @@ def main(argv=None):
                                 osp.abspath(args.work_dir), args.cfg_options, args.metric,
                                 args.launcher, args.gpus, retrain=args.retrain)
         if args.print_commands:
+            pinned = [f'{k}={v}' for k, v in KERNEL_ENV.items()]  # as train() runs them
             for cmd in comparison.pending_commands():
-                print(' '.join(shlex.quote(c) if c != '${PARTITION}' else c for c in cmd))
+                print(' '.join(shlex.quote(c) if c != '${PARTITION}' else c
+                               for c in pinned + cmd))
             return None
         if not args.collect:
             from mmengine.utils import ProgressBar

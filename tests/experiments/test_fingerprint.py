@@ -67,6 +67,8 @@ def test_run_fingerprint_holds_the_loaded_checkpoint_by_content(tmp_path):
     assert {'mmdet', 'mmseg'} <= set(fp['versions'])  # the config names no toolkit
     seg = run_fingerprint(dict(default_scope='mmseg'), 0)['versions']
     assert 'mmseg' in seg and 'mmdet' not in seg
+    # the CPU kernels it trains with (experiments/kernels.py)
+    assert fp['kernels'] == {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
     # a checkpoint the config names but that is not there is not part of it
     assert run_fingerprint(resolved_config(doconv), 4, cwd=str(tmp_path / 'configs'))[
         'checkpoints'] == {}
@@ -93,12 +95,14 @@ def test_derived_outputs_are_current_while_their_checkpoint_is(tmp_path):
 
 class FakeTrainer:
     """Stands in for tools/train.py: the schedule's last checkpoint and a validation record in
-    the run's folder, the metric 0.1 * (number of trainings so far)."""
+    the run's folder, the metric 0.1 * (number of trainings so far); every training with the CPU
+    kernels pinned (experiments/kernels.py)."""
 
     def __init__(self):
         self.trained = []
 
-    def __call__(self, cmd, cwd=None, stdout=None, stderr=None):
+    def __call__(self, cmd, cwd=None, env=None, stdout=None, stderr=None):
+        assert env == {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
         work_dir = cmd[cmd.index('--work-dir') + 1]
         self.trained.append(work_dir)
         stamp = osp.join(work_dir, f'2026{len(self.trained):04d}', 'vis_data')

@@ -43,7 +43,8 @@ def test_data_options_and_study_configs():
 def test_a_changed_pretraining_stops_the_study_and_retrain_redoes_it_and_what_follows(
         tmp_path, monkeypatch):
     """tools/train.py replaced by a stand-in that writes the schedule's last checkpoint (its
-    backbone weight: the count of trainings so far) and a validation record. The study trains
+    backbone weight: the count of trainings so far) and a validation record, and checks that it
+    runs with the CPU kernels pinned (experiments/kernels.py). The study trains
     the pretraining and the three fine-tuning runs once; with the pretraining's recorded
     fingerprint altered (as if another learning rate had trained it) it stops with one line
     naming it, and with retrain it pretrains again and, the backbone's content changed, the
@@ -51,9 +52,11 @@ def test_a_changed_pretraining_stops_the_study_and_retrain_redoes_it_and_what_fo
     work = tmp_path / 'work_dirs' / 'study' / 'det'
     trained = []
 
-    def run(cmd, cwd=None, check=False, stdout=None, stderr=None):
+    def run(cmd, cwd=None, env=None, check=False, stdout=None, stderr=None):
         if cmd[1].endswith('make_toy_data.py'):
             return subprocess.CompletedProcess(cmd, 0)
+        # every training runs with the CPU kernels pinned, over the caller's environment
+        assert env == {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
         work_dir = cmd[cmd.index('--work-dir') + 1]
         options = [o for o in cmd[cmd.index('--cfg-options') + 1:] if o != '--resume']
         trained.append(osp.relpath(work_dir, work))
