@@ -8,7 +8,8 @@ commands are printed). A run is finished when its last checkpoint is the schedul
 logs hold a validation metric; finished runs are read, never rerun; an unfinished one with a
 checkpoint resumes from it (``--resume``), one without starts again. Each run's folder holds the
 fingerprint of what trains it (:mod:`.fingerprint`: the resolved config, the seed, the
-checkpoints the config loads, the package versions), written before it starts; a run with a
+checkpoints the config loads, the package versions, the pinned CPU kernels of
+:mod:`.kernels`), written before it starts; a run with a
 checkpoint whose fingerprint is not the command's is neither read nor resumed: the command stops
 with an error that names it and what differs, and ``retrain`` trains it again from scratch.
 The report: per config mean ± std over seeds, the value of every run, and for every config

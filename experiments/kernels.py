@@ -4,8 +4,9 @@ oneDNN, which computes PyTorch's convolutions on the CPU, picks its kernels by t
 instruction set and splits its reductions by the number of threads: the same seed trains to other
 losses on a CPU with AVX-512 than on one with AVX2 only, and with 1 thread than with 2
 (docs/study.md, "Runs that repeat"). The study and tools/compare.py train with oneDNN capped at
-AVX2, which x86-64 CPUs have had since 2013-2015, and with a fixed thread count, so a run gives the
-same losses and metric digit for digit on any such CPU.
+AVX2, which x86-64 CPUs have had since 2013-2015, and with a fixed thread count, so that neither
+the CPU's instruction set nor its core count changes a run's losses (shown by emulating an
+AVX2-only CPU on an AVX-512 one: tests/tools/test_repeatable_runs.py).
 """
 import os
 from typing import Dict, Mapping, Optional
