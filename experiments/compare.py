@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
+from doconv_mm.atomic import write_files
 from .paired_stats import paired
 
 DEFAULT_METRICS = ('coco/bbox_mAP', 'mIoU')  # mmdet's and mmseg's headline metrics
@@ -265,16 +266,7 @@ def plot(report: dict, path: str) -> None:
 
 
 def write_report(report: dict, out_prefix: str) -> List[str]:
-    """``out_prefix``.md, .json and .png, each written whole (temporary file, then renamed)."""
-    paths = []
-    for ext, write in (('.md', lambda f: f.write(markdown(report) + '\n')),
-                       ('.json', lambda f: json.dump(report, f, indent=1))):
-        tmp = out_prefix + ext + '.tmp'
-        with open(tmp, 'w') as f:
-            write(f)
-        os.replace(tmp, out_prefix + ext)
-        paths.append(out_prefix + ext)
-    tmp = out_prefix + '.tmp.png'
-    plot(report, tmp)
-    os.replace(tmp, out_prefix + '.png')
-    return paths + [out_prefix + '.png']
+    """``out_prefix``.md, .json and .png, written whole, all three or none."""
+    return write_files({out_prefix + '.md': markdown(report) + '\n',
+                        out_prefix + '.json': json.dumps(report, indent=1),
+                        out_prefix + '.png': lambda tmp: plot(report, tmp)})

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from doconv_mm.atomic import write
 from .compare import (Comparison, last_checkpoint, pick_metric, read_logs, seed_options,
                       write_report)
 
@@ -58,9 +59,7 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
     state = {k[len(prefix):]: v for k, v in ckpt['state_dict'].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f'{src} holds no weights under {prefix!r}')
-    tmp = dst + '.tmp'
-    torch.save({'state_dict': state}, tmp)
-    os.replace(tmp, dst)
+    write(dst, lambda tmp: torch.save({'state_dict': state}, tmp))
     return len(state)
 
 
