@@ -26,12 +26,11 @@ import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..atomic import write_files
 from ..core import count_do_convs, fold_model
-from ..core.int8 import (ActivationQuant, quantize_weights, quantized_layers, sqnr_db,
-                         weight_stats)
+from ..core.int8 import (ActivationQuant, fake_quant_weight, quantize_weights, quantized_layers,
+                         sqnr_db, weight_stats)
 from ..requirements import UsageError, check_input, require
 from . import onnx_engine
 from .release import CheckpointMismatch, check_fits, probe, read_checkpoint
@@ -183,12 +182,24 @@ def conv_bn_pairs(model: nn.Module,
     return pairs
 
 
-def deployed_weight(conv: nn.Module, bn: Optional[nn.Module]) -> torch.Tensor:
-    """``conv``'s kernel as an engine runs it: with ``bn`` folded in (PyTorch's own fusion)."""
+def deployed_stats(conv: nn.Module, bn: Optional[nn.Module]) -> dict:
+    """:func:`~doconv_mm.core.int8.weight_stats` of ``conv``'s kernel as an engine runs it, with
+    ``bn`` folded in: ``a_c w_c``, ``a = gamma / sqrt(var + eps)`` per output channel.
+
+    Its SQNR is read from the unfolded kernel's codes, which folding only rescales (symmetric,
+    per channel: ``Q(a_c w_c) = a_c Q(w_c)``), so each channel's error counts with weight
+    ``a_c^2`` and a channel that BN all but zeroes is not rounded at float32's smallest
+    quantization step (the observer's floor), where an engine's exact ``max |w_c| / 127`` is not."""
+    w = conv.weight.detach()
     if bn is None:
-        return conv.weight.detach()
-    return fuse_conv_bn_weights(conv.weight.detach(), None, bn.running_mean, bn.running_var,
-                                bn.eps, bn.weight, bn.bias)[0].detach()
+        return weight_stats(w)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    a = (gamma.double() / (bn.running_var.double() + bn.eps).sqrt()).view(
+        -1, *[1] * (w.dim() - 1))
+    deployed = w.double() * a
+    stats = weight_stats(deployed.to(w.dtype))
+    stats['sqnr_db'] = sqnr_db(deployed, fake_quant_weight(w).double() * a)
+    return stats
 
 
 def simulate(runner, model, cfg, x, calibration, n, work_dir, role, log) -> dict:
@@ -200,8 +211,8 @@ def simulate(runner, model, cfg, x, calibration, n, work_dir, role, log) -> dict
     layers = []
     for name, m in quantized_layers(model):
         bn_name, bn = bns.get(name, (None, None))
-        w = deployed_weight(m, bn)
-        layers.append(dict(name=name, shape=list(w.shape), bn=bn_name, **weight_stats(w)))
+        layers.append(dict(name=name, shape=list(m.weight.shape), bn=bn_name,
+                           **deployed_stats(m, bn)))
     activations = ActivationQuant(model)
     with activations.calibrate():
         _calibrate(model, calibration, n, log, role)
