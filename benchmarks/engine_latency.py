@@ -5,9 +5,10 @@ processes.
 
 REPORT.json is what ``tools/quant_check.py --engine onnxruntime --baseline ...`` wrote; its graphs
 (``WORK_DIR/<model>/onnx/*.onnx``) are timed on the inputs saved beside them (the first test
-image), as the tool times them (fp32 and int8, the models alternating, the order rotated each
-run), each process a new interpreter. Prints the medians over processes of each median, and of the
-model / baseline ratios, with their spread (lowest, highest).
+image), as the tool times them (fp32 and int8 of both models, interleaved so that no session runs
+twice in a row: ``doconv_mm.mm.onnx_engine.schedule``), each process a new interpreter. Prints
+the medians over processes of each median, and of the model / baseline ratios, with their spread
+(lowest, highest).
 """
 import argparse
 import json

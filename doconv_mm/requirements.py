@@ -9,14 +9,15 @@ import os.path as osp
 import sys
 from typing import Iterator, Type
 
-# package -> (what needs it, the extra that installs it)
+# package -> (what needs it, the extra of setup.cfg that installs it, its requirement there:
+# what pip installs into an existing environment)
 OPTIONAL = {
-    'mmengine': ('doconv_mm.mm (the OpenMMLab integration)', 'mm'),
-    'mmcv': ('doconv_mm.mm (the OpenMMLab integration)', 'mm'),
-    'mmdet': ('doconv_mm.mm.det (the mmdet adapters)', 'det'),
-    'mmseg': ('a segmentation config', 'seg'),
-    'onnx': ('--engine onnxruntime', 'onnx'),
-    'onnxruntime': ('--engine onnxruntime', 'onnx'),
+    'mmengine': ('doconv_mm.mm (the OpenMMLab integration)', 'mm', 'mmengine>=0.7.1,<1.0.0'),
+    'mmcv': ('doconv_mm.mm (the OpenMMLab integration)', 'mm', 'mmcv>=2.0.0,<2.2.0'),
+    'mmdet': ('doconv_mm.mm.det (the mmdet adapters)', 'det', 'mmdet>=3.0.0,<3.4.0'),
+    'mmseg': ('a segmentation config', 'seg', 'mmsegmentation>=1.0.0,<1.3.0'),
+    'onnx': ('--engine onnxruntime', 'onnx', 'onnx'),
+    'onnxruntime': ('--engine onnxruntime', 'onnx', 'onnxruntime'),
 }
 
 
@@ -33,15 +34,15 @@ def available(package: str) -> bool:
 
 
 def require(package: str, what: str = None) -> None:
-    """Raise :class:`MissingPackageError` naming ``package`` and the install command if it is not
+    """Raise :class:`MissingPackageError` naming ``package`` and the install commands if it is not
     installed; ``what`` says what needs it (default: the part of doconv_mm listed in OPTIONAL)."""
     if available(package):
         return
-    needs, extra = OPTIONAL[package]
+    needs, extra, spec = OPTIONAL[package]
     raise MissingPackageError(
         f'{what or needs} needs {package}, which is not installed; install it with '
-        f'pip install "doconv_mm[{extra}]" (or add {package} to the environment you use with '
-        f'OpenMMLab)', name=package)
+        f'pip install "{spec}" (or, in a doconv_mm checkout, pip install ".[{extra}]")',
+        name=package)
 
 
 class UsageError(ValueError):

@@ -19,13 +19,14 @@ t-test p-value (:mod:`.paired_stats`); as Markdown, JSON and a PNG of the loss a
 """
 import glob
 import json
-import os
 import os.path as osp
 import shutil
 import statistics
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from doconv_mm.atomic import write_files
 
 from .fingerprint import (FILE, differences, read_fingerprint, resolved_config, run_fingerprint,
                           write_fingerprint)
@@ -337,16 +338,7 @@ def plot(report: dict, path: str) -> None:
 
 
 def write_report(report: dict, out_prefix: str) -> List[str]:
-    """``out_prefix``.md, .json and .png, each written whole (temporary file, then renamed)."""
-    paths = []
-    for ext, write in (('.md', lambda f: f.write(markdown(report) + '\n')),
-                       ('.json', lambda f: json.dump(report, f, indent=1))):
-        tmp = out_prefix + ext + '.tmp'
-        with open(tmp, 'w') as f:
-            write(f)
-        os.replace(tmp, out_prefix + ext)
-        paths.append(out_prefix + ext)
-    tmp = out_prefix + '.tmp.png'
-    plot(report, tmp)
-    os.replace(tmp, out_prefix + '.png')
-    return paths + [out_prefix + '.png']
+    """``out_prefix``.md, .json and .png, written whole, all three or none."""
+    return write_files({out_prefix + '.md': markdown(report) + '\n',
+                        out_prefix + '.json': json.dumps(report, indent=1),
+                        out_prefix + '.png': lambda tmp: plot(report, tmp)})

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from doconv_mm.atomic import write
 from doconv_mm.mm.runtime import trusted_checkpoints
 from .compare import last_checkpoint, read_logs, seed_options
 
@@ -91,7 +92,7 @@ def plot_losses(curves, path):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    write(path, fig.savefig)
     plt.close(fig)
 
 
@@ -104,7 +105,11 @@ def tile(images, path, columns=4):
     for k, img in enumerate(imgs):
         r, c = divmod(k, columns)
         canvas[r * h:r * h + img.shape[0], c * w:c * w + img.shape[1]] = img
-    cv2.imwrite(path, canvas)
+
+    def save(tmp):
+        if not cv2.imwrite(tmp, canvas):
+            raise OSError(f'could not write {path}')
+    write(path, save)
 
 
 def inference_times(task, pairs, repeats, workspace):

@@ -18,6 +18,8 @@ import os.path as osp
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
+from doconv_mm.atomic import write
+
 from .kernels import KERNEL_ENV
 
 FILE = 'fingerprint.json'
@@ -113,9 +115,7 @@ def read_fingerprint(work_dir: str) -> Optional[dict]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    with open(path + '.tmp', 'w') as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(path + '.tmp', path)
+    write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def write_fingerprint(work_dir: str, fingerprint: dict) -> None:

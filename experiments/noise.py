@@ -52,6 +52,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from doconv_mm.atomic import write_files
 from .compare import config_name, last_checkpoint, run_dir
 from .fingerprint import is_current, record_sources, sources
 from .kernels import kernel_env
@@ -370,13 +371,7 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
 
 
 def write(results: Sequence[dict], path_prefix: str) -> List[str]:
-    """``PREFIX.md`` and ``PREFIX.json``, each written whole (temp file, then rename)."""
-    paths = []
-    for ext, text in (('.md', markdown(results) + '\n'),
-                      ('.json', json.dumps(list(results), indent=1, default=str) + '\n')):
-        path = path_prefix + ext
-        with open(path + '.tmp', 'w') as f:
-            f.write(text)
-        os.replace(path + '.tmp', path)
-        paths.append(path)
-    return paths
+    """``PREFIX.md`` and ``PREFIX.json``, written whole, both or neither."""
+    return write_files({path_prefix + '.md': markdown(results) + '\n',
+                        path_prefix + '.json': json.dumps(list(results), indent=1, default=str)
+                        + '\n'})

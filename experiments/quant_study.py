@@ -5,7 +5,8 @@ the stock model of the same seed, and the int8 drops compared paired by seed.
 Each check is a run of the command line, as a user runs it, writing
 ``work_dirs/study/<task>/int8/seed<k>.{md,json}``; a check whose JSON exists is read, not rerun,
 while the two checkpoints it came from (recorded beside it, :mod:`.fingerprint`) are the runs'
-last ones; it runs again when either changes.
+last ones and a version that reports each drop against its own reference wrote it (``drop_from``);
+it runs again otherwise.
 """
 import json
 import os
@@ -33,12 +34,14 @@ FIELDS = {
          lambda m: m['output_sqnr_db']['int8_w']),
         ('output_sqnr_wa', 'raw outputs SQNR dB, + activations', 'db',
          lambda m: m['output_sqnr_db']['int8_wa']),
-        ('sqnr_db_median', 'weight SQNR dB, median layer', 'db',
+        ('sqnr_db_median', 'weight SQNR dB (BN folded), median layer', 'db',
          lambda m: m['weights']['sqnr_db_median'])],
     'onnxruntime': [
         ('fp32', 'fp32 (PyTorch)', 'metric', lambda m: m['metrics']['fp32'][m['metric']]),
-        ('onnx_int8', 'drop, ONNX int8', 'drop', lambda m: m['drop']['onnx_int8']),
-        ('output_sqnr', 'raw outputs SQNR dB, ONNX int8', 'db',
+        ('onnx_fp32', 'drop, ONNX fp32 from PyTorch fp32', 'drop',
+         lambda m: m['drop']['onnx_fp32']),
+        ('onnx_int8', 'drop, ONNX int8 from ONNX fp32', 'drop', lambda m: m['drop']['onnx_int8']),
+        ('output_sqnr', 'raw outputs SQNR dB, ONNX int8 from ONNX fp32', 'db',
          lambda m: m['output_sqnr_db']['onnx_int8']),
         ('sqnr_db_median', 'layer outputs SQNR dB, median layer', 'db',
          lambda m: m['layer_outputs']['sqnr_db_median'])]}
@@ -53,6 +56,16 @@ def report_path(study: str, seed: int, engine: str) -> str:
     return osp.join(study, 'int8', f'seed{seed}{suffix}.md')
 
 
+def current(json_out: str) -> bool:
+    """Whether ``json_out`` is a report of this version: drops each from its own reference
+    (``drop_from``) and the weight SQNR on the kernels as deployed."""
+    if not osp.isfile(json_out):
+        return False
+    with open(json_out) as f:
+        report = json.load(f)
+    return all('drop_from' in m for m in report['models'].values())
+
+
 def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
                engine: str = 'torch', log: Callable[[str], None] = print) -> dict:
     """The quant_check report of the seed's DO-Conv-all model beside its stock model."""
@@ -63,7 +76,8 @@ def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
     checkpoints = dict(model=last_checkpoint(run_dir(study, do_all, seed)),
                        baseline=last_checkpoint(run_dir(study, stock, seed)))
     source = sources(**checkpoints)
-    if not is_current(json_out, source):  # new, or a run's checkpoint changed since
+    # new, a run's checkpoint changed since, or written by a version without drop_from
+    if not (is_current(json_out, source) and current(json_out)):
         work = osp.join(study, 'int8', f'seed{seed}' + ('' if engine == 'torch' else f'-{engine}'))
         cmd = [sys.executable, osp.join(root, 'tools', 'quant_check.py'), do_all,
                checkpoints['model'], '--baseline', stock, checkpoints['baseline'], '--calib',

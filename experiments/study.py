@@ -24,6 +24,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from doconv_mm.atomic import write
+
 from .compare import (Comparison, StaleRun, fingerprint_differences, last_checkpoint, pick_metric,
                       read_logs, seed_options, stale_message, write_report)
 from .fingerprint import resolved_config, run_fingerprint, write_fingerprint
@@ -64,9 +66,7 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
     state = {k[len(prefix):]: v for k, v in ckpt['state_dict'].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f'{src} holds no weights under {prefix!r}')
-    tmp = dst + '.tmp'
-    torch.save({'state_dict': state}, tmp)
-    os.replace(tmp, dst)
+    write(dst, lambda tmp: torch.save({'state_dict': state}, tmp))
     return len(state)
 
 

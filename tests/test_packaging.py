@@ -41,6 +41,18 @@ def test_metadata_has_ranges_not_pins():
     assert cfg['options']['install_requires'].split() == ['torch>=1.13']  # the core needs torch
 
 
+def test_missing_package_errors_name_the_requirements_of_setup_cfg():
+    """The install commands that errors print (doconv_mm.requirements.OPTIONAL) are setup.cfg's:
+    each package's requirement as its extra states it."""
+    from doconv_mm.requirements import OPTIONAL
+    cfg = ConfigParser()
+    cfg.read(osp.join(ROOT, 'setup.cfg'))
+    extras = {name: [x.strip() for x in value.split('\n') if x.strip()]
+              for name, value in cfg['options.extras_require'].items()}
+    for package, (_, extra, spec) in OPTIONAL.items():
+        assert spec in extras[extra], (package, spec, extras[extra])
+
+
 def pip(*args):
     proc = subprocess.run([sys.executable, '-m', 'pip', '--disable-pip-version-check', *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

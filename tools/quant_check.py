@@ -33,9 +33,11 @@ def parse_args(argv=None):
                         help='training images to calibrate the activation ranges on (default 32)')
     parser.add_argument('--engine', choices=('torch', 'onnxruntime'), default='torch',
                         help='torch: simulated int8 (default); onnxruntime: exported ONNX graphs '
-                        'quantized and run on onnxruntime (pip install "doconv_mm[onnx]")')
+                        'quantized and run on onnxruntime (pip install onnx onnxruntime)')
     parser.add_argument('--repeats', type=int, default=20,
-                        help='--engine onnxruntime: timed runs of each session (default 20)')
+                        help='--engine onnxruntime: timed runs of each session (default 20; with a '
+                        '--baseline, rounded up to a multiple of 4, so that each session runs '
+                        'first equally often)')
     parser.add_argument('--work-dir', help='the runs\' logs (default '
                         'work_dirs/quant_check/<config name>)')
     parser.add_argument('--out', help='the Markdown report (default WORK_DIR/quant_check.md); '

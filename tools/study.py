@@ -22,7 +22,6 @@ drops paired by seed (experiments/quant_study.py), once per engine (default both
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
 """
 import argparse
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
 from experiments.study import TASKS, run_task  # noqa: E402
@@ -98,9 +98,7 @@ def main(argv=None):
             table = quant_study.markdown(summaries)
             name = 'int8.md' if engine == 'torch' else f'int8.{engine}.md'
             path = osp.join(workspace, 'work_dirs', 'study', name)
-            with open(path + '.tmp', 'w') as f:
-                f.write(table + '\n')
-            os.replace(path + '.tmp', path)
+            write(path, table + '\n')
             print(f'\n## int8, {engine}\n\n{table}\n\nwrote {path}')
     print(f'\n({(time.perf_counter() - start) / 60:.1f} min)')
     return reports

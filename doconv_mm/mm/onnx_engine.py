@@ -1,6 +1,7 @@
 """The tensor part of a detector or segmentor on ONNX Runtime, in float and in int8.
 
-A model is cut where engines cut it (:func:`parts`): a segmentor exports whole, image to logits;
+A model is cut where engines cut it (:func:`parts`): a segmentor (one decode head or a cascade of
+them) exports whole, image to logits;
 a two-stage detector as backbone + neck + RPN head (image to features and RPN maps) and as the
 RoI box head (RoI features to scores and deltas), with RoIAlign, NMS and post-processing left in
 PyTorch, where an engine runs them as float plugins. :func:`export` writes each part as ONNX,
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import atomic
 from ..requirements import UsageError, require
 
 OPSET = 17
@@ -60,10 +62,29 @@ def _dense(model, x):
     return (*feats, *cls_scores, *bbox_preds)
 
 
+def decode_heads(model: nn.Module) -> List[nn.Module]:
+    """A segmentor's decode heads in order: one, or a cascade's stages (CascadeEncoderDecoder)."""
+    heads = model.decode_head
+    return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
+
+
+def _predicts_by_forward(head: nn.Module) -> bool:
+    """Whether ``head.predict`` is mmseg's own (``forward``, then ``predict_by_feat``), the method
+    :func:`running_on` relies on: heads that predict otherwise (PointRend's subdivision) are not."""
+    from mmseg.models.decode_heads.cascade_decode_head import BaseCascadeDecodeHead
+    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+    return type(head).predict in (BaseDecodeHead.predict, BaseCascadeDecodeHead.predict)
+
+
 def parts(model: nn.Module, levels: int = 0) -> List[Part]:
     """The graphs ``model`` exports as; ``levels``: a detector's feature levels (from a run)."""
     kind = type(model).__name__
     if hasattr(model, 'decode_head') and hasattr(model, 'encode_decode'):  # mmseg EncoderDecoder
+        last = decode_heads(model)[-1]
+        if not _predicts_by_forward(last):
+            raise UsageError(f'--engine onnxruntime: a {kind} whose last decode head is a '
+                             f'{type(last).__name__} cannot run on an engine here (its predict is '
+                             f'not forward + predict_by_feat); use --engine torch')
         return [Part('net', Stage(model, lambda m, x: m._forward(x)), model.backbone,
                      ['logits'])]
     roi_head = getattr(model, 'roi_head', None)
@@ -121,25 +142,14 @@ def export(part: Part, x: torch.Tensor, path: str) -> None:
     finally:  # export restores the wrapper's mode recursively: restore every module's own
         for m, training in zip(module.modules(), was):
             m.training = training
-    _write_bytes(path, buf.getvalue())
+    atomic.write(path, buf.getvalue())
 
 
 def save_array(path: str, x: torch.Tensor) -> None:
     """``x`` as a float32 ``.npy`` file at ``path``, written whole or not at all."""
     buf = io.BytesIO()
     np.save(buf, x.detach().float().cpu().numpy())
-    _write_bytes(path, buf.getvalue())
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic.write(path, buf.getvalue())
 
 
 def quantize(fp32_path: str, int8_path: str, inputs: Sequence[torch.Tensor]) -> None:
@@ -156,15 +166,9 @@ def quantize(fp32_path: str, int8_path: str, inputs: Sequence[torch.Tensor]) -> 
             x = next(self.items, None)
             return None if x is None else {'input': x.float().numpy()}
 
-    tmp = f'{int8_path}.tmp-{os.getpid()}.onnx'
-    try:
-        quantize_static(fp32_path, tmp, Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, **QUANT)
-        os.replace(tmp, int8_path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic.write(int8_path, lambda tmp: quantize_static(
+        fp32_path, tmp, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **QUANT))
 
 
 class Session:
@@ -194,9 +198,12 @@ def running_on(model: nn.Module, sessions: Dict[str, Session]) -> Iterator[None]
         module.__dict__[name] = fn  # an instance attribute, found before the class's method
         patched.append((module, name))
 
-    if 'net' in sessions:  # segmentor: the image passes to the decode head, which is the graph
+    if 'net' in sessions:  # segmentor: the image passes to the last decode head, the graph
+        heads = decode_heads(model)
         patch(model, 'extract_feat', lambda inputs: inputs)
-        patch(model.decode_head, 'forward', lambda inputs: sessions['net'](inputs)[0])
+        for head in heads[:-1]:  # a cascade's earlier stages, which the graph computes
+            patch(head, 'forward', lambda inputs, *prev: None)
+        patch(heads[-1], 'forward', lambda inputs, *prev: sessions['net'](inputs)[0])
     else:
         held = {}
         bbox_head = model.roi_head.bbox_head
@@ -236,7 +243,7 @@ def layer_outputs(path: str, x: torch.Tensor, folder: str) -> Dict[str, torch.Te
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outputs if o not in known)
     copy = osp.join(folder, 'layers-' + osp.basename(path))
-    _write_bytes(copy, model.SerializeToString())
+    atomic.write(copy, model.SerializeToString())
     try:
         session = Session(copy)
         values = session.session.run(list(outputs), {'input': x.float().numpy()})
@@ -245,26 +252,38 @@ def layer_outputs(path: str, x: torch.Tensor, folder: str) -> Dict[str, torch.Te
     return {outputs[o]: torch.from_numpy(v) for o, v in zip(outputs, values)}
 
 
+def schedule(runs: int, repeats: int) -> List[List[int]]:
+    """The order of ``runs`` runs (indices) in each of ``repeats`` repeats, such that in the whole
+    sequence, repeat boundaries included, no run follows itself (a session run twice in a row finds
+    its weights in cache: biases of 10-20% in model / baseline ratios, measured here): two runs
+    alternate strictly; three or more rotate by one each repeat (the last of a repeat is followed
+    by the second of the next), so over a multiple of ``runs`` repeats every run is first, second,
+    ... equally often. One run has nothing to alternate with."""
+    if runs == 2:  # a rotation would be a reversal: B A | A B
+        return [[0, 1] for _ in range(repeats)]
+    return [[(i + k) % runs for k in range(runs)] for i in range(repeats)]
+
+
 def latency(runs: Dict[str, Dict[str, Sequence]], repeats: int, warmup: int = 2
             ) -> Dict[str, Dict[str, dict]]:
-    """Median and spread of each run's time in ms, the runs alternating within every repeat, the
-    order rotated by one each repeat: no run is always first, and none ever follows itself
-    (reversing the order instead runs the last and the first twice in a row, and a session run
-    twice in a row finds its weights in cache: biases of 10-20% in the model / baseline
-    ratios, measured here before the rotation).
+    """Median and spread of each run's time in ms, the runs interleaved by :func:`schedule` over
+    ``warmup`` untimed and ``repeats`` timed repeats; with three or more runs, ``repeats`` is
+    rounded up to a multiple of their number, so that each is first equally often.
 
     ``runs[key][precision]`` is a list of ``(session, input)`` run in order (one model's tensor
-    part); returns ``{key: {precision: {median_ms, min_ms, max_ms}}}``."""
+    part); returns ``{key: {precision: {median_ms, min_ms, max_ms, repeats}}}``."""
     order = [(key, p) for key, precisions in runs.items() for p in precisions]
+    if len(order) > 2:
+        repeats = -(-repeats // len(order)) * len(order)
     times = {run: [] for run in order}
-    for i in range(warmup + repeats):
-        k = i % len(order)
-        for key, precision in order[k:] + order[:k]:
+    for i, indices in enumerate(schedule(len(order), warmup + repeats)):
+        for key, precision in (order[j] for j in indices):
             start = time.perf_counter()
             for session, x in runs[key][precision]:
                 session(x)
             if i >= warmup:
                 times[key, precision].append(1e3 * (time.perf_counter() - start))
     return {key: {p: dict(median_ms=statistics.median(times[key, p]), min_ms=min(times[key, p]),
-                          max_ms=max(times[key, p])) for p in precisions}
+                          max_ms=max(times[key, p]), repeats=len(times[key, p]))
+                  for p in precisions}
             for key, precisions in runs.items()}

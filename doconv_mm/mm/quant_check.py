@@ -19,27 +19,33 @@ import os
 import os.path as osp
 import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
+from ..atomic import write_files
 from ..core import count_do_convs, fold_model
-from ..core.int8 import (ActivationQuant, quantize_weights, quantized_layers, sqnr_db,
-                         weight_stats)
+from ..core.int8 import (ActivationQuant, fake_quant_weight, quantize_weights, quantized_layers,
+                         sqnr_db, weight_stats)
 from ..requirements import UsageError, check_input, require
 from . import onnx_engine
-from .release import CheckpointMismatch, check_fits, probe, read_checkpoint, write_files
+from .release import CheckpointMismatch, check_fits, probe, read_checkpoint
 from .runtime import build_runner, config_dicts, load_config
 
 HEADLINE = ('coco/bbox_mAP', 'mIoU')  # mmdet's and mmseg's headline metrics, first found is shown
-# the int8 modes of each engine, beside PyTorch fp32
+# the modes of each engine beside PyTorch fp32, and the mode each one's drop is measured from: the
+# export's own error (ONNX fp32 from PyTorch fp32) apart from int8's (ONNX int8 from ONNX fp32)
 MODES = {'torch': {'int8_w': 'int8 weights', 'int8_wa': 'int8 weights + activations'},
          'onnxruntime': {'onnx_fp32': 'ONNX fp32', 'onnx_int8': 'ONNX int8'}}
+DROP_FROM = {'int8_w': 'fp32', 'int8_wa': 'fp32', 'onnx_fp32': 'fp32', 'onnx_int8': 'onnx_fp32'}
+LABEL = dict(fp32='PyTorch fp32', onnx_fp32='ONNX fp32')
 SCHEME = {'torch': dict(
-    weights='int8, symmetric [-127, 127], per output channel, scale max|w_c|/127',
+    weights='int8, symmetric [-127, 127], per output channel, scale max|w_c|/127; the weight '
+            'SQNR is that of the kernels as deployed: BN folded into the conv it follows',
     activations='int8, symmetric [-127, 127], per tensor, the input of every conv and linear layer,'
                 ' scale max|x|/127 over the calibration images (MinMaxObserver)',
     float='bias, BN, adds, pooling, RoI ops, NMS and the heads\' post-processing'),
@@ -126,8 +132,9 @@ def check_model(config: str, checkpoint: str, *, role: str, calib: int, work_dir
     name = headline(metrics['fp32'])
     return dict(config=config, checkpoint=checkpoint, do_conv_layers_folded=folded,
                 calib_images=n, metric=name, metrics=metrics,
-                drop={mode: metrics['fp32'][name] - metrics[mode][name]
+                drop={mode: metrics[DROP_FROM[mode]][name] - metrics[mode][name]
                       for mode in MODES[engine]},
+                drop_from={mode: DROP_FROM[mode] for mode in MODES[engine]},
                 **result)
 
 
@@ -141,11 +148,71 @@ def _calibrate(model, batches, n: int, log, role: str) -> None:
     print(flush=True)
 
 
+def conv_bn_pairs(model: nn.Module,
+                  run: Callable[[], object]) -> Dict[str, Tuple[str, nn.Module]]:
+    """``{conv name: (BN name, BN)}`` for every conv whose output a BatchNorm with running
+    statistics reads directly in ``run()`` (a forward pass of ``model``), always the same one: the
+    pairs an exporter fuses (BN folded into the conv's kernel and bias), found by data flow, not by
+    module order."""
+    names = {m: n for n, m in model.named_modules()}
+    made, read = {}, {}  # id(conv output) -> (conv, output); conv -> BNs that read its output
+
+    def conv_hook(conv, args, out):
+        made[id(out)] = (conv, out)  # the output is kept, so its id is not reused in the run
+
+    def bn_hook(bn, args):
+        conv, out = made.get(id(args[0]), (None, None))
+        if out is args[0] and bn.running_var is not None:
+            read.setdefault(conv, set()).add(bn)
+
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
+    handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    pairs = {}
+    for conv, bns in read.items():
+        if len(bns) == 1:  # a conv run several times into different BNs has no single fold
+            (bn, ) = bns
+            pairs[names[conv]] = (names[bn], bn)
+    return pairs
+
+
+def deployed_stats(conv: nn.Module, bn: Optional[nn.Module]) -> dict:
+    """:func:`~doconv_mm.core.int8.weight_stats` of ``conv``'s kernel as an engine runs it, with
+    ``bn`` folded in: ``a_c w_c``, ``a = gamma / sqrt(var + eps)`` per output channel.
+
+    Its SQNR is read from the unfolded kernel's codes, which folding only rescales (symmetric,
+    per channel: ``Q(a_c w_c) = a_c Q(w_c)``), so each channel's error counts with weight
+    ``a_c^2`` and a channel that BN all but zeroes is not rounded at float32's smallest
+    quantization step (the observer's floor), where an engine's exact ``max |w_c| / 127`` is not."""
+    w = conv.weight.detach()
+    if bn is None:
+        return weight_stats(w)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    a = (gamma.double() / (bn.running_var.double() + bn.eps).sqrt()).view(
+        -1, *[1] * (w.dim() - 1))
+    deployed = w.double() * a
+    stats = weight_stats(deployed.to(w.dtype))
+    stats['sqnr_db'] = sqnr_db(deployed, fake_quant_weight(w).double() * a)
+    return stats
+
+
 def simulate(runner, model, cfg, x, calibration, n, work_dir, role, log) -> dict:
-    """Simulated int8 (:mod:`doconv_mm.core.int8`): int8 weights, then weights and activations."""
-    layers = [dict(name=name, shape=list(m.weight.shape), **weight_stats(m.weight))
-              for name, m in quantized_layers(model)]
-    reference = probe(model, cfg, x=x)
+    """Simulated int8 (:mod:`doconv_mm.core.int8`): int8 weights, then weights and activations.
+    The per-layer weight figures are those of the kernels as deployed, BN folded."""
+    held = {}
+    bns = conv_bn_pairs(model, lambda: held.setdefault('reference', probe(model, cfg, x=x)))
+    reference = held['reference']
+    layers = []
+    for name, m in quantized_layers(model):
+        bn_name, bn = bns.get(name, (None, None))
+        layers.append(dict(name=name, shape=list(m.weight.shape), bn=bn_name,
+                           **deployed_stats(m, bn)))
     activations = ActivationQuant(model)
     with activations.calibrate():
         _calibrate(model, calibration, n, log, role)
@@ -187,15 +254,15 @@ def on_engine(runner, model, cfg, x, calibration, n, work_dir, role, log) -> dic
         engine.save_array(x_path, probe_inputs[part.name])
         paths[part.name] = dict(fp32=fp32, int8=int8, input=x_path)
     metrics, outputs, layers, timing = {}, {}, [], {}
+    raw = dict(fp32=reference)  # the raw outputs of each mode, each measured from its own
     for precision in ('fp32', 'int8'):
         mode = f'onnx_{precision}'
         sessions = {name: engine.Session(p[precision]) for name, p in paths.items()}
         log(f'[{role}] evaluating on onnxruntime, {precision}')
         with engine.running_on(model, sessions):
             metrics[mode] = runner.test_loop.run()
-            outputs[mode] = output_sqnr(reference, probe(model, cfg, x=x))
-            if precision == 'fp32':
-                fp32_diff = max_rel_diff(reference, probe(model, cfg, x=x))
+            raw[mode] = probe(model, cfg, x=x)
+        outputs[mode] = output_sqnr(raw[DROP_FROM[mode]], raw[mode])
         timing[precision] = [(sessions[p.name], probe_inputs[p.name]) for p in parts]
     for part in parts:  # every conv and linear layer's output, int8 against fp32
         x_part = probe_inputs[part.name]
@@ -203,7 +270,8 @@ def on_engine(runner, model, cfg, x, calibration, n, work_dir, role, log) -> dic
         int8 = engine.layer_outputs(paths[part.name]['int8'], x_part, folder)
         layers += [dict(name=f'{part.name}:{node}', shape=list(fp32[node].shape),
                         sqnr_db=sqnr_db(fp32[node], int8[node])) for node in fp32 if node in int8]
-    return dict(metrics=metrics, output_sqnr_db=outputs, onnx_fp32_max_rel_diff=fp32_diff,
+    return dict(metrics=metrics, output_sqnr_db=outputs,
+                onnx_fp32_max_rel_diff=max_rel_diff(reference, raw['onnx_fp32']),
                 onnx=paths, layer_outputs=summarize(layers), layers=layers, _timing=timing)
 
 
@@ -277,25 +345,19 @@ def quant_check(config: str, checkpoint: str, *, baseline: Optional[List[str]] =
                                              cfg_options=cfg_options, log=log)
     if engine == 'onnxruntime':
         timing = {role: m.pop('_timing') for role, m in report['models'].items()}
-        log(f'timing the sessions: {repeats} runs each, the models alternating')
+        log(f'timing the sessions: {repeats} runs each, no session twice in a row')
         report['latency'] = onnx_engine.latency(timing, repeats)
+        repeats = report['latency']['model']['fp32']['repeats']  # rounded up to a multiple
         report.update(threads=torch.get_num_threads(), repeats=repeats)
         if baseline:
             report['latency_ratio'] = {
                 p: report['latency']['model'][p]['median_ms']
                 / report['latency']['baseline'][p]['median_ms'] for p in ('fp32', 'int8')}
     text = markdown(report)
-    write_files({out: lambda tmp: _write(tmp, text),
-                 json_out: lambda tmp: _write(tmp, json.dumps(_finite(report), indent=1))},
-                publish=False, force=True)
+    write_files({out: text, json_out: json.dumps(_finite(report), indent=1)})
     log(text)
     log(f'wrote {out} and {json_out}')
     return report
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, 'w') as f:
-        f.write(text)
 
 
 def _finite(node):
@@ -317,14 +379,16 @@ def markdown(report: dict) -> str:
     onnx = engine == 'onnxruntime'
     modes = MODES[engine]
     header = (['model', 'checkpoint', 'DO-Conv layers folded', f'{metric}, fp32 (PyTorch)']
-              + [f'{metric}, {label}' for label in modes.values()])
+              + [f'{metric}, {label} (drop from {LABEL[DROP_FROM[mode]]})'
+                 for mode, label in modes.items()])
     if onnx:
-        header += ['raw outputs: ONNX fp32 max rel. diff, ONNX int8 SQNR dB',
+        header += ['raw outputs: ONNX fp32 max rel. diff from PyTorch fp32, ONNX int8 SQNR dB '
+                   'from ONNX fp32',
                    'layer outputs SQNR dB, int8: median, worst layer',
                    'latency ms, fp32, int8 (median)']
     else:
         header += ['raw outputs SQNR dB: int8 weights, + activations',
-                   'weight SQNR dB: median layer, worst layer']
+                   'weight SQNR dB (kernels as deployed, BN folded): median layer, worst layer']
     lines = ['| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|']
     for role, m in models.items():
         fp32 = m['metrics']['fp32'][m['metric']]
@@ -348,14 +412,16 @@ def markdown(report: dict) -> str:
     scheme = report['scheme']
     if onnx:
         lines += ['', f'Raw outputs: the features, dense heads and RoI head on fixed boxes '
-                  f'(detectors) or the logits (segmentors) on the first test image, the engine '
-                  f'against PyTorch fp32. Layer outputs: every Conv, Gemm and MatMul node\'s '
+                  f'(detectors) or the logits (segmentors) on the first test image: the fp32 '
+                  f'graph against PyTorch fp32 (the export\'s own error), the int8 graph against '
+                  f'the fp32 graph (int8\'s). Metric drops likewise: ONNX fp32 from PyTorch fp32, '
+                  f'ONNX int8 from ONNX fp32. Layer outputs: every Conv, Gemm and MatMul node\'s '
                   f'output on the same input, int8 session against fp32 session. Calibration: '
                   f'{n} training images (test pipeline). {scheme["engine"]}; float: '
                   f'{scheme["float"]}. Latency: the exported graphs on the first test image, '
                   f'onnxruntime CPU, {report["threads"]} threads, {report["repeats"]} runs '
-                  f'each, the models and precisions alternating, medians (min and max in the '
-                  f'JSON).', '']
+                  f'each, interleaved so that no session runs twice in a row, medians (min and '
+                  f'max in the JSON).', '']
         if 'latency_ratio' in report:
             r = report['latency_ratio']
             lines += [f'Latency, model / baseline: fp32 {r["fp32"]:.3f}, int8 {r["int8"]:.3f}.',

@@ -14,9 +14,7 @@ with a config, ``OUT.py``: the deploy config, which stock mmdet/mmseg build with
 """
 import copy
 import hashlib
-import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -27,6 +25,7 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, DefaultScope
 from mmengine.utils import import_modules_from_strings
 
+from .. import atomic
 from ..core import count_do_convs, do_conv_kernel, fold_model
 from ..requirements import UsageError, check_input
 from .runtime import config_dicts, read_config
@@ -220,43 +219,25 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _stage(path: str, save: Callable[[str], None]) -> str:
-    """Call ``save(tmp)`` on a temporary file beside ``path`` (same suffix); returns ``tmp``."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=osp.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        save(tmp)
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp
-
-
 def write_files(files: Dict[str, Callable[[str], None]], publish: bool,
                 force: bool) -> Dict[str, Optional[str]]:
-    """Write each ``{path: save}`` under a temporary name, then rename them all into place.
+    """Write each ``{path: save}`` whole, all or nothing (:func:`doconv_mm.atomic.write_files`).
 
     With ``publish``, the ``.pth`` file's name gets the first 8 hex digits of its sha256, as
     OpenMMLab's ``publish_model.py`` does. Returns ``{path written: sha256 (.pth files) or None}``.
     """
-    staged, digests = {}, {}
-    try:
-        for path, save in files.items():
-            tmp = _stage(path, save)
-            digest = sha256(tmp) if path.endswith('.pth') else None
-            if publish and digest is not None:
-                path = path[:-len('.pth')] + f'-{digest[:8]}.pth'
-                if osp.exists(path) and not force:
-                    raise ReleaseError(f'output {path!r} exists; pass --force to overwrite it')
-            staged[path], digests[path] = tmp, digest
-        for path, tmp in staged.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in staged.values():
-            if osp.exists(tmp):
-                os.remove(tmp)
+    digests = {}
+
+    def target(path: str, tmp: str) -> str:
+        digest = sha256(tmp) if path.endswith('.pth') else None
+        if publish and digest is not None:
+            path = path[:-len('.pth')] + f'-{digest[:8]}.pth'
+            if osp.exists(path) and not force:
+                raise ReleaseError(f'output {path!r} exists; pass --force to overwrite it')
+        digests[path] = digest
+        return path
+
+    atomic.write_files(files, target)
     return digests
 
 

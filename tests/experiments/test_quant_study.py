@@ -39,6 +39,7 @@ def report(fp32, drops, sqnr, out=((40.0, 30.0), (41.0, 31.0))):
                     metrics=dict(fp32={'coco/bbox_mAP': f}, int8_w={'coco/bbox_mAP': f - d[0]},
                                  int8_wa={'coco/bbox_mAP': f - d[1]}),
                     drop=dict(int8_w=d[0], int8_wa=d[1]),
+                    drop_from=dict(int8_w='fp32', int8_wa='fp32'),
                     weights=dict(sqnr_db_median=s, sqnr_db_min=s - 10, worst_layer='rpn_cls'))
     return dict(models=dict(model=model(fp32[0], drops[0], sqnr[0], out[0]),
                             baseline=model(fp32[1], drops[1], sqnr[1], out[1])))
@@ -70,6 +71,7 @@ def test_summary_pairs_the_drops_by_seed(tmp_path):
     assert s['paired']['int8_w']['t'] == pytest.approx(2.0, rel=1e-9)
     assert s['paired']['int8_w']['ci_high'] - 0.010 == pytest.approx(12.7062047 * 0.005, rel=1e-6)
     rows = quant_study.markdown([s]).splitlines()
+    assert 'weight SQNR dB (BN folded), median layer' in rows[0]
     assert rows[2].startswith('| det | coco/bbox_mAP | stock | 0.2900 | +0.0050 | +0.0150 | 41.00 '
                               '| 30.50 | 41.25 | 31.2 dB (rpn_cls) |')
     assert rows[3].startswith('| det | coco/bbox_mAP | DO-Conv all, folded | 0.3100 | +0.0150 | '
@@ -77,16 +79,20 @@ def test_summary_pairs_the_drops_by_seed(tmp_path):
     assert rows[4].startswith('| det | coco/bbox_mAP | DO-Conv - stock, paired | +0.0200')
 
 
-def engine_report(fp32, drop, sqnr, layer, ms):
+def engine_report(fp32, drop, sqnr, layer, ms, export=(0.0, 0.0)):
     """The fields of a quant_check --engine onnxruntime JSON report the summary reads: per role
-    (model, baseline) the fp32 metric, the ONNX int8 drop, raw-output and layer SQNR, latency."""
-    def model(f, d, s, q):
-        return dict(metric='mIoU', metrics=dict(fp32={'mIoU': f}, onnx_int8={'mIoU': f - d}),
-                    drop=dict(onnx_fp32=0.0, onnx_int8=d), output_sqnr_db=dict(onnx_int8=s),
+    (model, baseline) the fp32 metric, the export's drop (ONNX fp32 from PyTorch fp32) and the int8
+    drop (ONNX int8 from ONNX fp32), raw-output and layer SQNR, latency."""
+    def model(f, d, s, q, e):
+        return dict(metric='mIoU', metrics=dict(fp32={'mIoU': f}, onnx_fp32={'mIoU': f - e},
+                                                onnx_int8={'mIoU': f - e - d}),
+                    drop=dict(onnx_fp32=e, onnx_int8=d),
+                    drop_from=dict(onnx_fp32='fp32', onnx_int8='onnx_fp32'),
+                    output_sqnr_db=dict(onnx_int8=s),
                     layer_outputs=dict(sqnr_db_median=q, sqnr_db_min=q - 5,
                                        worst_layer='net:/conv_seg/Conv'))
-    return dict(models=dict(model=model(fp32[0], drop[0], sqnr[0], layer[0]),
-                            baseline=model(fp32[1], drop[1], sqnr[1], layer[1])),
+    return dict(models=dict(model=model(fp32[0], drop[0], sqnr[0], layer[0], export[0]),
+                            baseline=model(fp32[1], drop[1], sqnr[1], layer[1], export[1])),
                 latency={role: dict(fp32=dict(median_ms=t[0]), int8=dict(median_ms=t[1]))
                          for role, t in zip(('model', 'baseline'), ms)})
 
@@ -95,7 +101,8 @@ def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
     int8 = tmp_path / 'work_dirs' / 'study' / 'seg' / 'int8'
     int8.mkdir(parents=True)
     (int8 / 'seed0.onnxruntime.json').write_text(json.dumps(engine_report(
-        (80.0, 81.0), (0.5, 0.25), (30.0, 31.0), (28.0, 29.0), ((10.0, 12.0), (11.0, 12.5)))))
+        (80.0, 81.0), (0.5, 0.25), (30.0, 31.0), (28.0, 29.0), ((10.0, 12.0), (11.0, 12.5)),
+        export=(0.02, 0.0))))
     (int8 / 'seed1.onnxruntime.json').write_text(json.dumps(engine_report(
         (79.0, 79.5), (0.75, 0.25), (29.0, 31.0), (27.5, 29.0), ((10.5, 12.0), (10.0, 12.0)))))
     # the simulation's reports of the same seeds are other files: not read here
@@ -108,19 +115,21 @@ def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
     p = s['paired']
     assert p['fp32']['diffs'] == pytest.approx([-1.0, -0.5], abs=1e-12)
     assert p['onnx_int8']['diffs'] == pytest.approx([0.25, 0.5], abs=1e-12)
+    assert p['onnx_fp32']['diffs'] == pytest.approx([0.02, 0.0], abs=1e-12)
     assert p['output_sqnr']['diffs'] == pytest.approx([-1.0, -2.0], abs=1e-12)
     assert p['sqnr_db_median']['diffs'] == pytest.approx([-1.0, -1.5], abs=1e-12)
     assert p['sqnr_db_min']['diffs'] == pytest.approx([-1.0, -1.5], abs=1e-12)
     assert p['fp32_ms']['diffs'] == pytest.approx([-1.0, 0.5], abs=1e-12)
     assert p['int8_ms']['diffs'] == pytest.approx([-0.5, 0.0], abs=1e-12)
     rows = quant_study.markdown([s]).splitlines()
-    assert rows[0] == ('| task | metric | model | fp32 (PyTorch) | drop, ONNX int8 | raw outputs '
-                       'SQNR dB, ONNX int8 | layer outputs SQNR dB, median layer | latency ms, '
+    assert rows[0] == ('| task | metric | model | fp32 (PyTorch) | drop, ONNX fp32 from PyTorch '
+                       'fp32 | drop, ONNX int8 from ONNX fp32 | raw outputs SQNR dB, ONNX int8 '
+                       'from ONNX fp32 | layer outputs SQNR dB, median layer | latency ms, '
                        'ONNX fp32 | latency ms, ONNX int8 | worst layer |')
-    assert rows[2] == ('| seg | mIoU | stock | 80.25 | +0.25 | 31.00 | 29.00 | 10.5 | 12.2 | '
-                       '24.0 dB (net:/conv_seg/Conv) |')
-    assert rows[3] == ('| seg | mIoU | DO-Conv all, folded | 79.50 | +0.62 | 29.50 | 27.75 | '
-                       '10.2 | 12.0 | 22.8 dB (net:/conv_seg/Conv) |')
+    assert rows[2] == ('| seg | mIoU | stock | 80.25 | +0.00 | +0.25 | 31.00 | 29.00 | 10.5 | '
+                       '12.2 | 24.0 dB (net:/conv_seg/Conv) |')
+    assert rows[3] == ('| seg | mIoU | DO-Conv all, folded | 79.50 | +0.01 | +0.62 | 29.50 | '
+                       '27.75 | 10.2 | 12.0 | 22.8 dB (net:/conv_seg/Conv) |')
     assert rows[4].startswith('| seg | mIoU | DO-Conv - stock, paired | -0.75 [')
 
 
@@ -150,3 +159,31 @@ def test_a_report_is_made_again_when_a_run_changes(tmp_path, monkeypatch):
     int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
     recorded = json.loads((int8 / 'seed0.json.sources.json').read_text())
     assert recorded['model']['path'] == resumed['model', 0] and osp.isfile(int8 / 'seed0.json')
+
+
+def test_a_report_of_an_earlier_version_is_checked_again(tmp_path, monkeypatch):
+    """A report without ``drop_from`` (drops all from PyTorch fp32, weight SQNR before BN folding)
+    is not read: the seed's check runs again, and its new report is what the summary reads."""
+    paths = finished_runs(tmp_path, 'det', [0])
+    int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
+    int8.mkdir(parents=True)
+    stale = report((0.30, 0.28), ((0.010, 0.030), (0.005, 0.020)), (40.0, 41.0))
+    for m in stale['models'].values():
+        del m['drop_from']
+    (int8 / 'seed0.json').write_text(json.dumps(stale))
+    made_from(int8 / 'seed0.json', paths, 0)  # from the runs' current checkpoints
+    fresh = report((0.30, 0.28), ((0.020, 0.030), (0.005, 0.020)), (40.0, 41.0))
+    commands = []
+
+    def fake_run(cmd, **kwargs):  # what tools/quant_check.py writes: the JSON beside --out
+        commands.append(cmd)
+        out = cmd[cmd.index('--out') + 1]
+        with open(out[:-len('.md')] + '.json', 'w') as f:
+            json.dump(fresh, f)
+
+    monkeypatch.setattr(quant_study.subprocess, 'run', fake_run)
+    s = quant_study.run_task('root', str(tmp_path), 'det', [0], log=lambda msg: None)
+    assert len(commands) == 1 and commands[0][1].endswith('tools/quant_check.py')
+    assert s['paired']['int8_w']['diffs'] == pytest.approx([0.015], abs=1e-12)
+    quant_study.run_task('root', str(tmp_path), 'det', [0], log=lambda msg: None)
+    assert len(commands) == 1  # a current report is read, not checked again

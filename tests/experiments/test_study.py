@@ -25,7 +25,7 @@ def test_backbone_checkpoint_is_plain_and_loads_safely(tmp_path):
     loaded = torch.load(dst, weights_only=True)  # tensors only: the format of published backbones
     assert list(loaded['state_dict']) == ['conv1.weight']
     assert torch.equal(loaded['state_dict']['conv1.weight'], w)
-    assert not osp.exists(dst + '.tmp')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['backbone.pth', 'epoch_8.pth']  # no temp
     with pytest.raises(ValueError, match="holds no weights under 'head.'"):
         backbone_checkpoint(src, str(tmp_path / 'none.pth'), prefix='head.')
     assert not osp.exists(tmp_path / 'none.pth')

@@ -58,7 +58,8 @@ def test_torch_only_offers_the_layer_and_fold():
             raise AssertionError('doconv_mm.mm imported without mmengine')
         """)
     assert 'doconv_mm.mm (the OpenMMLab integration) needs mmengine, which is not' in out
-    assert 'pip install "doconv_mm[mm]"' in out
+    assert ('install it with pip install "mmengine>=0.7.1,<1.0.0" (or, in a doconv_mm checkout, '
+            'pip install ".[mm]")') in out, out
 
 
 def test_experiments_standard_library_and_numpy_modules_import_without_openmmlab():
@@ -95,7 +96,8 @@ def test_mmseg_without_mmdet_registers_doconv_and_builds_segmentors():
             else:
                 raise AssertionError('no error without mmdet')
         """)
-    assert out.count('pip install "doconv_mm[det]"') == 2, out
+    assert out.count('pip install "mmdet>=3.0.0,<3.4.0" (or, in a doconv_mm checkout, pip '
+                     'install ".[det]")') == 2, out
     assert 'faster-rcnn_r50_fpn_doconv-head_1x_coco.py (a mmdet config) needs mmdet' in out
 
 
@@ -111,7 +113,8 @@ def test_segmentation_config_without_mmseg_names_mmseg():
             raise AssertionError('no error without mmseg')
         """)
     assert '(a mmseg config) needs mmseg, which is not installed' in out, out
-    assert 'pip install "doconv_mm[seg]"' in out
+    assert 'pip install "mmsegmentation>=1.0.0,<1.3.0" (or, in a doconv_mm checkout, pip ' \
+        'install ".[seg]")' in out, out
 
 
 def test_quant_check_engine_without_onnxruntime_names_the_extra(tmp_path):
@@ -119,8 +122,8 @@ def test_quant_check_engine_without_onnxruntime_names_the_extra(tmp_path):
     err = run_blocked('onnxruntime', [osp.join(ROOT, 'tools/quant_check.py'), DET_CFG, DET_CFG,
                                       '--engine', 'onnxruntime', '--out', str(out)], expect=1)
     assert err.strip() == ('quant_check.py: error: --engine onnxruntime needs onnxruntime, which '
-                           'is not installed; install it with pip install "doconv_mm[onnx]" (or '
-                           'add onnxruntime to the environment you use with OpenMMLab)'), err
+                           'is not installed; install it with pip install "onnxruntime" (or, in '
+                           'a doconv_mm checkout, pip install ".[onnx]")'), err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -148,7 +151,7 @@ def test_tools_train_a_segmentor_without_mmdet_and_name_mmdet_for_a_detector(wor
     assert 'Iter(val) [2/2]' in out and 'mIoU' in out, out[-3000:]
     out = train('mmdet', 'configs/demo/faster-rcnn_r18_fpn_doconv-all_toy-coco.py', workspace,
                 ['train_cfg.max_epochs=1'], expect=1)
-    assert 'train.py: error:' in out and 'pip install "doconv_mm[det]"' in out, out[-3000:]
+    assert 'train.py: error:' in out and 'pip install ".[det]"' in out, out[-3000:]
     assert 'Traceback' not in out
 
 

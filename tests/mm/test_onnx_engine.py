@@ -85,6 +85,67 @@ def test_running_on_puts_the_session_in_mmseg_predict(seg):
         assert torch.equal(model.predict(x, samples)[0].seg_logits.data, expected)
 
 
+def cascade(last_head: dict) -> nn.Module:
+    """The toy DeepLabv3's R18-D8 backbone under mmseg's CascadeEncoderDecoder with an FCN head
+    and ``last_head`` (OCRNet's structure), BN statistics that are not the identity, folded."""
+    cfg = project_config(SEG_CFG)
+    norm = cfg.model.decode_head.norm_cfg
+    loss = dict(type='CrossEntropyLoss', loss_weight=1.0)
+    cfg.model.update(type='CascadeEncoderDecoder', num_stages=2, auxiliary_head=None, decode_head=[
+        dict(type='FCNHead', in_channels=256, in_index=2, channels=32, num_convs=1,
+             concat_input=False, num_classes=19, norm_cfg=norm, loss_decode=loss),
+        dict(last_head, num_classes=19, norm_cfg=norm, loss_decode=loss)])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return fold_model(model.eval())
+
+
+def test_cascade_segmentor_runs_on_the_engine(tmp_path):
+    """mmseg's CascadeEncoderDecoder calls each stage's forward and the last stage's predict,
+    never the ModuleList's forward: the graph (backbone and every stage) stands in for the last
+    stage, and mmseg's own predict gives what PyTorch gives."""
+    from mmseg.structures import SegDataSample
+    model = cascade(dict(type='OCRHead', in_channels=512, in_index=3, channels=32,
+                         ocr_channels=16))
+    x = torch.randn(1, 3, 64, 96)
+    samples = [SegDataSample(metainfo=dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:],
+                                           pad_shape=x.shape[-2:], padding_size=[0, 0, 0, 0]))]
+    (part, ) = engine.parts(model)
+    path = str(tmp_path / 'net.fp32.onnx')
+    engine.export(part, x, path)
+    session, calls = engine.Session(path), []
+
+    def counted(inputs):
+        calls.append(inputs.shape)
+        return session(inputs)
+
+    with torch.no_grad():
+        expected = model.predict(x, samples)[0].seg_logits.data
+        with engine.running_on(model, {'net': counted}):
+            got = model.predict(x, samples)[0].seg_logits.data
+        assert calls == [x.shape]
+        assert expected.shape == (19, 64, 96) and rel_err(got, expected) < TOL
+        assert not [m for m in model.modules() if 'forward' in m.__dict__]  # all restored
+        assert torch.equal(model.predict(x, samples)[0].seg_logits.data, expected)
+
+
+def test_cascade_whose_last_stage_predicts_otherwise_is_refused():
+    """PointRend's head predicts by subdividing points on the features, not by its forward: a
+    one-line error, before any export."""
+    model = cascade(dict(type='PointHead', in_channels=[64], in_index=[0], channels=32,
+                         num_fcs=3, coarse_pred_each_layer=True, dropout_ratio=-1))
+    with pytest.raises(UsageError) as e:
+        engine.parts(model)
+    assert str(e.value) == ('--engine onnxruntime: a CascadeEncoderDecoder whose last decode head '
+                            'is a PointHead cannot run on an engine here (its predict is not '
+                            'forward + predict_by_feat); use --engine torch')
+
+
 def test_int8_graph_holds_symmetric_per_channel_codes(seg):
     """Every conv's weight in the int8 graph is ``q * s_c`` with ``s_c = max |w_c| / 127`` of
     the fp32 graph's (BN-folded) weight and ``q = round(w / s_c)``, zero point 0, computed here
@@ -145,23 +206,68 @@ def test_layer_outputs_name_every_conv(seg, tmp_path):
     assert list(tmp_path.iterdir()) == []  # the augmented copies are removed
 
 
-def test_unsupported_models_and_latency():
+def test_unsupported_models_are_refused():
     with pytest.raises(UsageError, match=r'--engine onnxruntime: a Sequential cannot be cut'):
         engine.parts(nn.Sequential())
+
+
+def timed(keys, repeats, warmup):
+    """``engine.latency`` over runs that record their calls: (calls, result)."""
     calls = []
-    runs = {key: {p: [(lambda x, k=(key, p): calls.append(k), None)] for p in ('fp32', 'int8')}
-            for key in ('model', 'baseline')}
-    result = engine.latency(runs, repeats=3, warmup=1)
-    assert calls[:4] == [('model', 'fp32'), ('model', 'int8'), ('baseline', 'fp32'),
-                         ('baseline', 'int8')]
-    assert calls[4:8] == calls[1:4] + calls[:1]  # rotated by one each repeat
-    assert calls[8:12] == calls[2:4] + calls[:2]
-    assert all(a != b for a, b in zip(calls, calls[1:]))  # no run follows itself
-    assert len(calls) == 16
-    for key in runs:
-        for p in ('fp32', 'int8'):
-            t = result[key][p]
-            assert 0 <= t['min_ms'] <= t['median_ms'] <= t['max_ms']
+    runs = {key: {p: [(lambda x, k=(key, p): calls.append(k), None)] for p in precisions}
+            for key, precisions in keys.items()}
+    return calls, engine.latency(runs, repeats=repeats, warmup=warmup)
+
+
+def check_times(result, repeats):
+    for per_key in result.values():
+        for t in per_key.values():
+            assert 0 <= t['min_ms'] <= t['median_ms'] <= t['max_ms'] and t['repeats'] == repeats
+
+
+def test_latency_two_runs_alternate_strictly():
+    """Two runs (one model, fp32 and int8): A B A B ... across repeat boundaries, where a rotation
+    would give A B | B A and run B twice in a row."""
+    calls, result = timed({'model': ('fp32', 'int8')}, repeats=3, warmup=2)
+    assert calls == [('model', 'fp32'), ('model', 'int8')] * 5
+    check_times(result, 3)
+
+
+def test_latency_three_runs_rotate_and_each_is_first_equally_often():
+    a, b, c = ('model', 'fp32'), ('model', 'int8'), ('baseline', 'fp32')
+    calls, result = timed({'model': ('fp32', 'int8'), 'baseline': ('fp32', )}, repeats=2,
+                          warmup=1)
+    # 2 timed repeats round up to 3, a multiple of the 3 runs; 1 untimed repeat first
+    assert calls == [a, b, c] + [b, c, a] + [c, a, b] + [a, b, c]
+    assert all(x != y for x, y in zip(calls, calls[1:]))  # no run follows itself
+    timed_firsts = [calls[3 * i] for i in range(1, 4)]
+    assert sorted(timed_firsts) == sorted([a, b, c])  # each first once in the timed repeats
+    check_times(result, 3)
+
+
+def test_latency_four_runs_rotate():
+    calls, result = timed({'model': ('fp32', 'int8'), 'baseline': ('fp32', 'int8')}, repeats=3,
+                          warmup=1)
+    order = calls[:4]
+    assert order == [('model', 'fp32'), ('model', 'int8'), ('baseline', 'fp32'),
+                     ('baseline', 'int8')]
+    assert len(calls) == 4 * (1 + 4)  # 3 timed repeats round up to 4
+    for i in range(5):
+        assert calls[4 * i:4 * i + 4] == order[i % 4:] + order[:i % 4]
+    assert all(x != y for x, y in zip(calls, calls[1:]))
+    check_times(result, 4)
+
+
+@pytest.mark.parametrize('runs', range(2, 8))
+@pytest.mark.parametrize('repeats', [1, 2, 5, 12])
+def test_schedule_never_repeats_a_run(runs, repeats):
+    rounds = engine.schedule(runs, repeats)
+    assert len(rounds) == repeats and all(sorted(r) == list(range(runs)) for r in rounds)
+    flat = [i for r in rounds for i in r]
+    assert all(x != y for x, y in zip(flat, flat[1:]))
+    if runs > 2 and repeats % runs == 0:
+        firsts = [r[0] for r in rounds]
+        assert all(firsts.count(i) == repeats // runs for i in range(runs))
 
 
 @pytest.mark.parametrize('stock_cfg, do_cfg', [

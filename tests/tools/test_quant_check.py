@@ -25,6 +25,27 @@ def hand_sqnr(w):
     return 10 * torch.log10(w.pow(2).sum() / (w - q).pow(2).sum()).item()
 
 
+def resnet_bn(conv: str):
+    """The BN that follows ``conv`` in mmdet's ResNet (by its module names), or None."""
+    if conv == 'backbone.conv1':
+        return 'backbone.bn1'
+    m = re.fullmatch(r'(backbone\.layer\d\.\d+\.)conv(\d)', conv)
+    if m:
+        return f'{m[1]}bn{m[2]}'
+    if conv.startswith('backbone.') and conv.endswith('.downsample.0'):
+        return conv[:-1] + '1'
+    return None
+
+
+def deployed(state, conv):
+    """``conv``'s kernel with its BN folded in, by hand in float64: w * gamma / sqrt(var + eps)."""
+    w, bn = state[conv + '.weight'].double(), resnet_bn(conv)
+    if bn is None:
+        return w
+    scale = state[bn + '.weight'].double() / (state[bn + '.running_var'].double() + 1e-5).sqrt()
+    return w * scale.view(-1, *[1] * (w.dim() - 1))
+
+
 @pytest.fixture(scope='module')
 def checked(trained, workspace, tmp_path_factory):
     """The release of the trained DO-Conv model, checked beside its DO-Conv checkpoint."""
@@ -57,16 +78,22 @@ def test_report(checked):
     # the release and the DO-Conv checkpoint folded in the tool are the same network: the same
     # figures in every mode (calibrated on the same images)
     assert model['metrics'] == baseline['metrics']
-    # every conv and linear layer of the release, with its SQNR computed here by hand
+    # every conv and linear layer of the release, with its SQNR computed here by hand on the kernel
+    # as deployed: BN folded into the conv it follows (ResNet's), the others as they are
     names = sorted(k[:-len('.weight')] for k, v in release.items()
                    if k.endswith('.weight') and v.dim() in (2, 4))
     assert sorted(layer['name'] for layer in model['layers']) == names
+    folded = 0
     for layer, other in zip(model['layers'], baseline['layers']):
         assert layer['name'] == other['name']
         assert layer['shape'] == list(release[layer['name'] + '.weight'].shape)
-        expected = hand_sqnr(release[layer['name'] + '.weight'])
+        assert layer['bn'] == other['bn'] == resnet_bn(layer['name'])
+        folded += layer['bn'] is not None
+        expected = hand_sqnr(deployed(release, layer['name']))
         assert layer['sqnr_db'] == pytest.approx(expected, abs=1e-3)
         assert other['sqnr_db'] == pytest.approx(expected, abs=1e-3)
+    assert folded == 20  # ResNet-18: the stem, 16 block convs, 3 downsample convs
+    assert model['drop_from'] == dict(int8_w='fp32', int8_wa='fp32')
     text = (tmp / 'report.md').read_text()
     assert re.search(r'\| model \| release.pth \| 0 \| [\d.]+ \| [\d.]+ \(drop [+-][\d.]+\) \| '
                      r'[\d.]+ \(drop [+-][\d.]+\) \| [\d.]+, [\d.]+ \| [\d.]+, [\d.]+ \(\S+\) \|\n',
@@ -128,6 +155,12 @@ def test_engine_report(checked, engine_checked):
         assert m['onnx_fp32_max_rel_diff'] < 1e-4
         assert m['metrics']['onnx_fp32']['coco/bbox_mAP'] == pytest.approx(
             m['metrics']['fp32']['coco/bbox_mAP'], abs=1e-3)
+        # each drop from its own reference: the export's from PyTorch fp32, int8's from ONNX fp32
+        metric = {mode: m['metrics'][mode]['coco/bbox_mAP'] for mode in m['metrics']}
+        assert m['drop'] == pytest.approx(dict(onnx_fp32=metric['fp32'] - metric['onnx_fp32'],
+                                               onnx_int8=metric['onnx_fp32'] - metric['onnx_int8']),
+                                          abs=1e-12)
+        assert m['drop_from'] == dict(onnx_fp32='fp32', onnx_int8='onnx_fp32')
         sim = simulated['models'][role]['output_sqnr_db']['int8_wa']
         sqnr = m['output_sqnr_db']['onnx_int8']
         assert 10 < sqnr < 100
