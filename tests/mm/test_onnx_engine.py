@@ -60,14 +60,13 @@ def test_fp32_session_equals_pytorch_at_every_size(seg):
         assert rel_err(out, expected) < TOL
 
 
-def test_running_on_puts_the_session_in_mmseg_predict(seg):
+def predict_with_session(model, x, session):
+    """mmseg's predict of ``x`` in PyTorch, then with ``session`` running the graph: the samples,
+    PyTorch's logits, the engine's, and the input shapes the session was called with."""
     from mmseg.structures import SegDataSample
-    model, _, xs, fp32, _ = seg
-    x = xs[0]
     samples = [SegDataSample(metainfo=dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:],
                                            pad_shape=x.shape[-2:], padding_size=[0, 0, 0, 0]))]
     calls = []
-    session = engine.Session(fp32)
 
     def counted(inputs):
         calls.append(inputs.shape)
@@ -77,8 +76,16 @@ def test_running_on_puts_the_session_in_mmseg_predict(seg):
         expected = model.predict(x, samples)[0].seg_logits.data
         with engine.running_on(model, {'net': counted}):
             got = model.predict(x, samples)[0].seg_logits.data
-        assert calls == [x.shape]  # the image went to the graph whole
-        assert rel_err(got, expected) < TOL
+    return samples, expected, got, calls
+
+
+def test_running_on_puts_the_session_in_mmseg_predict(seg):
+    model, _, xs, fp32, _ = seg
+    x = xs[0]
+    samples, expected, got, calls = predict_with_session(model, x, engine.Session(fp32))
+    assert calls == [x.shape]  # the image went to the graph whole
+    assert rel_err(got, expected) < TOL
+    with torch.no_grad():
         # left as it was: the modules' own methods again, no instance attributes
         assert 'forward' not in model.decode_head.__dict__
         assert 'extract_feat' not in model.__dict__
@@ -109,27 +116,16 @@ def test_cascade_segmentor_runs_on_the_engine(tmp_path):
     """mmseg's CascadeEncoderDecoder calls each stage's forward and the last stage's predict,
     never the ModuleList's forward: the graph (backbone and every stage) stands in for the last
     stage, and mmseg's own predict gives what PyTorch gives."""
-    from mmseg.structures import SegDataSample
     model = cascade(dict(type='OCRHead', in_channels=512, in_index=3, channels=32,
                          ocr_channels=16))
     x = torch.randn(1, 3, 64, 96)
-    samples = [SegDataSample(metainfo=dict(img_shape=x.shape[-2:], ori_shape=x.shape[-2:],
-                                           pad_shape=x.shape[-2:], padding_size=[0, 0, 0, 0]))]
     (part, ) = engine.parts(model)
     path = str(tmp_path / 'net.fp32.onnx')
     engine.export(part, x, path)
-    session, calls = engine.Session(path), []
-
-    def counted(inputs):
-        calls.append(inputs.shape)
-        return session(inputs)
-
+    samples, expected, got, calls = predict_with_session(model, x, engine.Session(path))
+    assert calls == [x.shape]
+    assert expected.shape == (19, 64, 96) and rel_err(got, expected) < TOL
     with torch.no_grad():
-        expected = model.predict(x, samples)[0].seg_logits.data
-        with engine.running_on(model, {'net': counted}):
-            got = model.predict(x, samples)[0].seg_logits.data
-        assert calls == [x.shape]
-        assert expected.shape == (19, 64, 96) and rel_err(got, expected) < TOL
         assert not [m for m in model.modules() if 'forward' in m.__dict__]  # all restored
         assert torch.equal(model.predict(x, samples)[0].seg_logits.data, expected)
 
