@@ -12,13 +12,17 @@ checkpoints the config loads, the package versions, the pinned CPU kernels of
 :mod:`.kernels`), written before it starts; a run with a
 checkpoint whose fingerprint is not the command's is neither read nor resumed: the command stops
 with an error that names it and what differs, and ``retrain`` trains it again from scratch.
-The report: per config mean ± std over seeds, the value of every run, and for every config
-against the first the paired differences, their mean, 95% confidence interval and the paired
-t-test p-value (:mod:`.paired_stats`); as Markdown, JSON and a PNG of the loss and metric curves
-(mean over seeds, with a band from the lowest to the highest seed).
+Each finished run is recorded (:mod:`.records`, in ``RECORDS/<config name>/seed<k>.json``): a run
+recorded with the command's fingerprint is not trained again, and the report is made from the
+records alone, so that the run folders can go. The report: per config mean ± std over seeds,
+the value of every run, and for every config against the first the paired differences, their
+mean, 95% confidence interval and the paired t-test p-value (:mod:`.paired_stats`), the
+machines the runs came from; as Markdown, JSON and a PNG of the loss and metric curves (mean over
+seeds, with a band from the lowest to the highest seed).
 """
 import glob
 import json
+import os
 import os.path as osp
 import shutil
 import statistics
@@ -28,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from doconv_mm.atomic import write_files
 
+from . import records
+from .records import describe
 from .fingerprint import (FILE, differences, read_fingerprint, resolved_config, run_fingerprint,
                           write_fingerprint)
 from .kernels import kernel_env
@@ -123,14 +129,12 @@ def run_state(work_dir: str, final: str) -> str:
     return 'resumable'
 
 
-def read_run(work_dir: str, metric: Optional[str]) -> dict:
-    """A finished run: its final metric and its curves."""
-    logs = read_logs(work_dir)
-    last_val = logs['val'][max(logs['val'])]
-    name = pick_metric(last_val, metric)
-    return dict(metric=name, value=last_val[name],
-                loss=sorted((i, r['loss']) for i, r in logs['train'].items()),
-                val=sorted((s, r[name]) for s, r in logs['val'].items() if name in r))
+def record_values(record: dict, metric: Optional[str]) -> dict:
+    """A run's final metric and its curves, from its record (:mod:`.records`)."""
+    name = pick_metric(dict(record['final'], step=record['final_step']), metric)
+    return dict(metric=name, value=record['final'][name],
+                loss=[tuple(p) for p in record['curves']['loss']],
+                val=[(s, r[name]) for s, r in record['curves']['val'] if name in r])
 
 
 class StaleRun(RuntimeError):
@@ -158,13 +162,17 @@ def stale_message(run: str, work_dir: str, diff: Sequence[str], others: int = 0)
 
 class Comparison:
     """The runs of ``configs`` x ``seeds`` under ``work_dir``, trained in ``cwd`` (where relative
-    data paths point; default: this process's); see the module doc. With ``retrain``, runs
-    whose fingerprint is not this command's are deleted and trained again."""
+    data paths point; default: this process's), each finished run recorded in ``records``
+    (default ``work_dir``/records; :mod:`.records`); see the module doc. With ``retrain``, runs
+    whose folder or record holds another fingerprint than this command's are deleted and trained
+    again. ``checkpoints``: the :func:`.fingerprint.file_id` of checkpoints the configs load that
+    are not on this machine (the study's pretrained backbone, known from its record)."""
 
     def __init__(self, root: str, configs: Sequence[str], seeds: Sequence[int], work_dir: str,
                  cfg_options: Sequence[str] = (), metric: Optional[str] = None,
                  launcher: str = 'none', gpus: int = 1, cwd: Optional[str] = None,
-                 retrain: bool = False) -> None:
+                 retrain: bool = False, records: Optional[str] = None,
+                 checkpoints: Optional[Dict[str, dict]] = None) -> None:
         if len(configs) < 2 or len(set(map(config_name, configs))) != len(configs):
             raise ValueError(f'configs: need two or more with distinct file names, got {configs}')
         if not seeds or len(set(seeds)) != len(seeds):
@@ -175,67 +183,114 @@ class Comparison:
         self.root, self.configs, self.seeds = root, list(configs), list(seeds)
         self.work_dir, self.cfg_options = work_dir, list(cfg_options)
         self.metric, self.launcher, self.gpus, self.cwd = metric, launcher, gpus, cwd
-        self.retrain = retrain
+        self.retrain, self.checkpoints = retrain, dict(checkpoints or {})
+        self.records = records or osp.join(work_dir, 'records')
         self.resolved = {c: resolved_config(c, cfg_options) for c in configs}
         self.final = {c: final_checkpoint(self.resolved[c]) for c in configs}
         self._fingerprints = {}
 
     def runs(self):
+        """(config, seed, folder) of every run, the configs of a seed one after the other."""
         return [(c, s, run_dir(self.work_dir, c, s)) for s in self.seeds for c in self.configs]
 
     def fingerprint(self, config: str, seed: int) -> dict:
         """This command's fingerprint of the run (:func:`.fingerprint.run_fingerprint`)."""
         if config not in self._fingerprints:
-            self._fingerprints[config] = run_fingerprint(self.resolved[config], 0, self.cwd)
+            self._fingerprints[config] = run_fingerprint(self.resolved[config], 0, self.cwd,
+                                                         self.checkpoints)
         return dict(self._fingerprints[config], seed=seed)
 
+    def record_path(self, config: str, seed: int) -> str:
+        return records.record_path(self.records, config_name(config), seed)
+
+    def record(self, config: str, seed: int) -> Optional[dict]:
+        return records.read(self.record_path(config, seed))
+
     def stale(self) -> List[Tuple[str, int, str, List[str]]]:
-        """The runs with a checkpoint whose fingerprint is not this command's, each with what
-        differs."""
+        """The runs whose folder (with a checkpoint) or record holds another fingerprint than
+        this command's, each with the stale folder or record and what differs."""
         out = []
         for config, seed, work_dir in self.runs():
-            if run_state(work_dir, self.final[config]) == 'new':
-                continue
-            diff = fingerprint_differences(work_dir, self.fingerprint(config, seed))
+            fingerprint = self.fingerprint(config, seed)
+            diff = []
+            if run_state(work_dir, self.final[config]) != 'new':
+                diff, where = fingerprint_differences(work_dir, fingerprint), work_dir
+            record = self.record(config, seed)
+            if not diff and record is not None:
+                diff = differences(record['fingerprint'], fingerprint)
+                where = self.record_path(config, seed)
             if diff:
-                out.append((config, seed, work_dir, diff))
+                out.append((config, seed, where, diff))
         return out
 
     def _refuse_stale(self, retrain: bool) -> None:
-        """Stop at runs another fingerprint trained or, with ``retrain``, delete them."""
+        """Stop at runs another fingerprint trained or, with ``retrain``, delete their folders
+        and records."""
         stale = self.stale()
         if stale and not retrain:
-            config, seed, work_dir, diff = stale[0]
-            raise StaleRun(stale_message(f'{config_name(config)} seed {seed}', work_dir, diff,
+            config, seed, where, diff = stale[0]
+            raise StaleRun(stale_message(f'{config_name(config)} seed {seed}', where, diff,
                                          len(stale) - 1))
-        for _, _, work_dir, _ in stale:
-            shutil.rmtree(work_dir)
+        for config, seed, _, _ in stale:
+            if osp.isdir(run_dir(self.work_dir, config, seed)):
+                shutil.rmtree(run_dir(self.work_dir, config, seed))
+            if osp.isfile(self.record_path(config, seed)):
+                os.remove(self.record_path(config, seed))
 
-    def _prepare(self) -> List[Tuple[str, int, str, str]]:
-        """Every run with its state, stale runs refused or deleted first, and the fingerprint of
-        every run about to start written."""
+    def _prepare(self, need_checkpoint=None) -> List[Tuple[str, int, str, str]]:
+        """Every run with its state: 'recorded' (a record of this command's fingerprint; its
+        folder is not needed, unless ``need_checkpoint(config, seed, record)``), else its folder's
+        (:func:`run_state`). Stale runs are refused or deleted first. The configs of a seed train
+        on one machine: where one of them trains here, those recorded on another machine train
+        here too. The fingerprint of every run about to start is written."""
         self._refuse_stale(self.retrain)
-        runs = [(c, s, d, run_state(d, self.final[c])) for c, s, d in self.runs()]
-        for config, seed, work_dir, state in runs:
+        here, plan = records.machine()['id'], []
+        for seed in self.seeds:
+            group = []
+            for config in self.configs:
+                work_dir = run_dir(self.work_dir, config, seed)
+                state, record = run_state(work_dir, self.final[config]), self.record(config, seed)
+                if state != 'finished' and record is not None and not (
+                        need_checkpoint and need_checkpoint(config, seed, record)):
+                    state = 'recorded'
+                group.append([config, seed, work_dir, state, record])
+            if any(run[3] in ('new', 'resumable') for run in group):
+                for run in group:
+                    if run[3] == 'recorded' and run[4]['machine']['id'] != here:
+                        run[3] = run_state(run[2], self.final[run[0]])
+            plan += group
+        for config, seed, work_dir, state, _ in plan:
             if state == 'new':
                 write_fingerprint(work_dir, self.fingerprint(config, seed))
-        return runs
+        return [(config, seed, work_dir, state) for config, seed, work_dir, state, _ in plan]
+
+    def _write_record(self, config: str, seed: int) -> None:
+        """The record of a finished run, from its folder."""
+        work_dir = run_dir(self.work_dir, config, seed)
+        records.write(self.record_path(config, seed), records.from_run(
+            self.root, work_dir, config_name(config), seed, self.fingerprint(config, seed),
+            read_logs(work_dir), last_checkpoint(work_dir)))
 
     def command(self, config: str, seed: int, resume: bool) -> List[str]:
         return train_command(self.root, config, run_dir(self.work_dir, config, seed), seed,
                              self.launcher, self.gpus, self.cfg_options, resume)
 
+    def pending(self, need_checkpoint=None) -> List[Tuple[str, int, str, str]]:
+        """The runs to train: (config, seed, folder, 'new' or 'resumable')."""
+        return [run for run in self._prepare(need_checkpoint) if run[3] in ('new', 'resumable')]
+
     def pending_commands(self) -> List[List[str]]:
         """The commands that would finish every run not finished yet."""
-        return [self.command(c, s, state == 'resumable') for c, s, _, state in self._prepare()
-                if state != 'finished']
+        return [self.command(c, s, state == 'resumable') for c, s, _, state in self.pending()]
 
-    def train(self, progress=None) -> None:
-        """Train every run not finished yet, one after the other, with the CPU kernels pinned
-        (:func:`.kernels.kernel_env`); each run's output goes to ``compare_train.log`` in its
-        folder. ``progress`` is called after every run."""
-        for config, seed, work_dir, state in self._prepare():
-            if state != 'finished':
+    def train(self, progress=None, need_checkpoint=None) -> None:
+        """Train every run not finished yet (and, where ``need_checkpoint(config, seed,
+        record)``, every recorded run whose folder is not here), one after the other, with the
+        CPU kernels pinned (:func:`.kernels.kernel_env`), each recorded when it finishes; each
+        run's output goes to ``compare_train.log`` in its folder. ``progress`` is called after
+        every run."""
+        for config, seed, work_dir, state in self._prepare(need_checkpoint):
+            if state in ('new', 'resumable'):
                 log = osp.join(work_dir, 'compare_train.log')
                 with open(log, 'a') as f:
                     proc = subprocess.run(self.command(config, seed, state == 'resumable'),
@@ -244,29 +299,45 @@ class Comparison:
                 if proc.returncode or run_state(work_dir, self.final[config]) != 'finished':
                     raise RuntimeError(f'training {config_name(config)} seed {seed} failed '
                                        f'(exit {proc.returncode}); see {log}')
+                self._write_record(config, seed)
+            elif state == 'finished' and self.record(config, seed) is None:
+                self._write_record(config, seed)
             if progress is not None:
                 progress()
 
     def collect(self) -> dict:
-        """The report of finished runs (every run must be finished, by this command's
-        fingerprint)."""
-        missing = [d for c, _, d in self.runs() if run_state(d, self.final[c]) != 'finished']
-        if missing:
-            raise RuntimeError(f'{len(missing)} runs are not finished: {", ".join(missing)}')
+        """The report of every run, from the records (every run must be recorded with this
+        command's fingerprint; a finished folder without its record is recorded first)."""
         self._refuse_stale(retrain=False)
-        runs = {config_name(c): {s: read_run(run_dir(self.work_dir, c, s), self.metric)
-                                 for s in self.seeds} for c in self.configs}
+        for config, seed, work_dir in self.runs():
+            if self.record(config, seed) is None and \
+                    run_state(work_dir, self.final[config]) == 'finished':
+                self._write_record(config, seed)
+        recs = {config_name(c): {s: self.record(c, s) for s in self.seeds} for c in self.configs}
+        missing = [records.record_path(self.records, name, s)
+                   for name, by_seed in recs.items() for s, r in by_seed.items() if r is None]
+        if missing:
+            raise RuntimeError(f'{len(missing)} runs are not finished (no record): '
+                               f'{", ".join(missing)}')
+        runs = {name: {s: record_values(r, self.metric) for s, r in by_seed.items()}
+                for name, by_seed in recs.items()}
         names = list(runs)
         metric = runs[names[0]][self.seeds[0]]['metric']
         configs = {}
         for name, by_seed in runs.items():
             values = [by_seed[s]['value'] for s in self.seeds]
             configs[name] = dict(values=values, mean=statistics.fmean(values),
-                                 std=statistics.stdev(values) if len(values) > 1 else None)
+                                 std=statistics.stdev(values) if len(values) > 1 else None,
+                                 wall_s=statistics.fmean(recs[name][s]['wall_s']
+                                                         for s in self.seeds))
         baseline = configs[names[0]]['values']
         comparisons = {name: paired(configs[name]['values'], baseline) for name in names[1:]}
+        every = [r for by_seed in recs.values() for r in by_seed.values()]
         return dict(metric=metric, seeds=self.seeds, baseline=names[0], configs=configs,
                     comparisons=comparisons, cfg_options=self.cfg_options,
+                    machines=records.machines(every),
+                    commits=sorted({r['commit'] + ('+' if r['dirty'] else '')
+                                    for r in every if r['commit']}),
                     curves={n: {s: dict(loss=r['loss'], val=r['val']) for s, r in by_seed.items()}
                             for n, by_seed in runs.items()})
 
@@ -300,6 +371,12 @@ def markdown(report: dict) -> str:
     for k, seed in enumerate(seeds):
         lines.append(f'| {seed} | ' + ' | '.join(f"{c['values'][k]:.4f}"
                                                  for c in report['configs'].values()) + ' |')
+    lines.append('| training wall time (mean, min) | ' + ' | '.join(
+        f"{c['wall_s'] / 60:.1f}" for c in report['configs'].values()) + ' |')
+    lines += ['', 'Runs from ' + '; '.join(f"{describe(m)}: {m['runs']}"
+                                           for m in report['machines'])
+              + f"; commits {', '.join(report['commits']) or 'unknown'} (+: training code "
+              'changed since)']
     return '\n'.join(lines)
 
 

@@ -46,17 +46,21 @@ def file_id(path: str) -> dict:
     return dict(size=os.path.getsize(path), sha256=digest.hexdigest())
 
 
-def _loaded_checkpoints(cfg, cwd: str) -> Dict[str, dict]:
-    """The ``.pth`` files the config names that exist (relative paths from ``cwd``)."""
+def _loaded_checkpoints(cfg, cwd: str, known: Dict[str, dict]) -> Dict[str, dict]:
+    """The ``.pth`` files the config names that exist (relative paths from ``cwd``) or that
+    ``known`` holds."""
     found = {}
     if isinstance(cfg, dict):
         for value in cfg.values():
-            found.update(_loaded_checkpoints(value, cwd))
+            found.update(_loaded_checkpoints(value, cwd, known))
     elif isinstance(cfg, list):
         for value in cfg:
-            found.update(_loaded_checkpoints(value, cwd))
-    elif isinstance(cfg, str) and cfg.endswith('.pth') and osp.isfile(osp.join(cwd, cfg)):
-        found[cfg] = file_id(osp.join(cwd, cfg))
+            found.update(_loaded_checkpoints(value, cwd, known))
+    elif isinstance(cfg, str) and cfg.endswith('.pth'):
+        if osp.isfile(osp.join(cwd, cfg)):
+            found[cfg] = file_id(osp.join(cwd, cfg))
+        elif cfg in known:
+            found[cfg] = dict(known[cfg])
     return found
 
 
@@ -75,12 +79,15 @@ def versions(scope: Optional[str] = None) -> Dict[str, Optional[str]]:
     return out
 
 
-def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None) -> dict:
+def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None,
+                    known: Optional[Dict[str, dict]] = None) -> dict:
     """The fingerprint of a run of the resolved config ``cfg`` with ``seed``, trained in
-    :func:`.kernels.kernel_env` (module doc);
-    relative paths in the config are read from ``cwd`` (default: this process's), where the run
-    trains."""
-    return dict(config=cfg, seed=seed, checkpoints=_loaded_checkpoints(cfg, cwd or os.getcwd()),
+    :func:`.kernels.kernel_env` (module doc); relative paths in the config are read from ``cwd``
+    (default: this process's), where the run trains. ``known``: the :func:`file_id` of
+    checkpoints the config names that are not on this machine (by the name the config gives;
+    a file that is here is hashed)."""
+    return dict(config=cfg, seed=seed,
+                checkpoints=_loaded_checkpoints(cfg, cwd or os.getcwd(), known or {}),
                 versions=versions(cfg.get('default_scope')), kernels=dict(KERNEL_ENV))
 
 

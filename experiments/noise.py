@@ -57,13 +57,16 @@ from .compare import config_name, last_checkpoint, run_dir
 from .fingerprint import is_current, record_sources, sources
 from .kernels import kernel_env
 from .paired_stats import chi2_quantile, paired
-from .study import TASKS, data_options
+from .records import read as read_record
+from .records import record_path
+from .records import write as write_record
+from .study import STUDY_IMAGES, TASKS, data_options
 
 # the large validation split: its images, the generator's seed, where it goes, the study's own
 # validation size and the half-width the study should reach
 SPLITS = {
-    'det': dict(data='data/toy_coco_noise', study_images=16, target=0.01),
-    'seg': dict(data='data/toy_cityscapes_noise', study_images=8, target=0.5),
+    'det': dict(data='data/toy_coco_noise', study_images=STUDY_IMAGES['det'], target=0.01),
+    'seg': dict(data='data/toy_cityscapes_noise', study_images=STUDY_IMAGES['seg'], target=0.5),
 }
 # Evaluated 16 images at a time instead of the configs' 4, the toy detector predicts the same
 # boxes bit for bit (its images all have one size, so a batch pads none) in a third less time
@@ -246,16 +249,32 @@ def _scorer(task: str, data: str, out: str):
     return SegSubsets(pairs, num_classes=19)
 
 
+def evaluated(record: dict, images: int) -> Optional[dict]:
+    """The record's evaluation on the large split of ``images`` images, if it is of the record's
+    checkpoint."""
+    large = record.get('large', {}).get(str(images))
+    if large is None or large['checkpoint'] != record['checkpoint']['sha256'] \
+            or large['seed'] != NOISE_SEED:
+        return None
+    return large
+
+
+def needs_checkpoint(images: int):
+    """For :meth:`.compare.Comparison.train`: a recorded run is needed on this machine when its
+    record lacks its evaluation on ``images`` images."""
+    return lambda config, seed, record: evaluated(record, images) is None
+
+
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images: int,
-             log=print) -> dict:
-    """Evaluate the study's finished runs of ``task`` on ``images`` new validation images and
-    decompose each DO-Conv config's paired difference against stock (module doc)."""
+             log=print, records_dir: Optional[str] = None) -> dict:
+    """Decompose each DO-Conv config's paired difference against stock on ``images`` new
+    validation images (module doc), from the study's records (``records_dir``/``task``, default
+    ``workspace``/work_dirs/study/records): a run whose record lacks that evaluation is evaluated
+    from its checkpoint, and its record completed."""
     spec, split = TASKS[task], SPLITS[task]
-    study = osp.join(workspace, 'work_dirs', 'study', task)
+    task_records = osp.join(records_dir or osp.join(workspace, 'work_dirs', 'study', 'records'),
+                            task)
     data = osp.join(workspace, split['data'] + f'_{images}')
-    subprocess.run([sys.executable, osp.join(root, 'tools', 'make_toy_data.py'), spec['format'],
-                    data, '--num-train', '0', '--num-val', str(images), '--seed',
-                    str(NOISE_SEED)], cwd=workspace, check=True, stdout=subprocess.DEVNULL)
     n = split['study_images']
     sizes = [n * 2 ** k for k in range(int(math.log2(images // n)) + 1) if images // (n * 2 ** k)
              >= 4]
@@ -263,22 +282,19 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
     for config in spec['configs']:
         name = config_name(config)
         for seed in seeds:
-            ext = '.pkl' if task == 'det' else ''
-            out = osp.join(study, 'noise', f'{images}', name, f'seed{seed}{ext}')
-            checkpoint = last_checkpoint(run_dir(study, osp.join(root, config), seed))
-            source = sources(checkpoint=checkpoint)
-            if not is_current(out, source):  # new, or the run's checkpoint changed since
-                _remove(out)
-                os.makedirs(osp.dirname(out), exist_ok=True)
-                log(f'{task}: {name} seed {seed} on {images} new validation images')
-                _evaluate_run(root, workspace, task, osp.join(root, config), checkpoint, data,
-                              out)
-                record_sources(out, source)
-            scorer = _scorer(task, data, out)
+            path = record_path(task_records, name, seed)
+            record = read_record(path)
+            if record is None:
+                raise RuntimeError(f'{task}: {name} seed {seed} has no record ({path}); '
+                                   f'tools/study.py trains it first')
+            large = evaluated(record, images)
+            if large is None:
+                large = _evaluate(root, workspace, task, config, seed, images, data, sizes,
+                                  record, log)
+                record['large'] = {**record.get('large', {}), str(images): large}
+                write_record(path, record)
             values.setdefault(name, {})[seed] = {
-                'full': scorer.metric(scorer.images),
-                **{size: [scorer.metric(s) for s in subsets(scorer.images, size)]
-                   for size in sizes}}
+                'full': large['full'], **{size: large['subsets'][str(size)] for size in sizes}}
     names = [config_name(c) for c in spec['configs']]
     base = values[names[0]]
     result = dict(task=task, images=images, study_images=n, sizes=sizes, seeds=list(seeds),
@@ -297,6 +313,42 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
                                  [base[s]['full'] for s in seeds])
         result['configs'][name] = parts
     return result
+
+
+def _evaluate(root: str, workspace: str, task: str, config: str, seed: int, images: int,
+              data: str, sizes: Sequence[int], record: dict, log) -> dict:
+    """The run's metric on the large split, whole and per subset of each size, from its
+    checkpoint, which must be the one its record holds; its predictions are kept beside the run
+    (and made again when its checkpoint changes)."""
+    spec, name = TASKS[task], config_name(config)
+    study = osp.join(workspace, 'work_dirs', 'study', task)
+    work_dir = run_dir(study, osp.join(root, config), seed)
+    try:
+        checkpoint = last_checkpoint(work_dir)
+    except FileNotFoundError:
+        raise RuntimeError(f'{task}: {name} seed {seed} is not evaluated on {images} images and '
+                           f'its checkpoint is not here ({work_dir}); tools/study.py --noise '
+                           f'{images} trains it again first') from None
+    source = sources(checkpoint=checkpoint)
+    if source['checkpoint']['sha256'] != record['checkpoint']['sha256']:
+        raise RuntimeError(f'{task}: {name} seed {seed}: its checkpoint {checkpoint} is not the '
+                           f'one its record holds; tools/study.py records it first')
+    subprocess.run([sys.executable, osp.join(root, 'tools', 'make_toy_data.py'), spec['format'],
+                    data, '--num-train', '0', '--num-val', str(images), '--seed',
+                    str(NOISE_SEED)], cwd=workspace, check=True, stdout=subprocess.DEVNULL)
+    ext = '.pkl' if task == 'det' else ''
+    out = osp.join(study, 'noise', f'{images}', name, f'seed{seed}{ext}')
+    if not is_current(out, source):  # new, or the run's checkpoint changed since
+        _remove(out)
+        os.makedirs(osp.dirname(out), exist_ok=True)
+        log(f'{task}: {name} seed {seed} on {images} new validation images')
+        _evaluate_run(root, workspace, task, osp.join(root, config), checkpoint, data, out)
+        record_sources(out, source)
+    scorer = _scorer(task, data, out)
+    return dict(seed=NOISE_SEED, checkpoint=source['checkpoint']['sha256'],
+                full=scorer.metric(scorer.images),
+                subsets={str(size): [scorer.metric(s) for s in subsets(scorer.images, size)]
+                         for size in sizes})
 
 
 def _sd(var: float) -> str:

@@ -10,14 +10,21 @@ Per task (det: Faster R-CNN R18-FPN on toy COCO; seg: DeepLabv3 R18-D8 on toy Ci
    DO-Conv layers load the plain weights as D = 0), several seeds each, through
    :class:`.compare.Comparison`, which pairs the runs by seed and writes the report.
 
-Every step is skipped when its result exists, so an interrupted study continues where it stopped;
-the pretraining, like each fine-tuning run (:class:`.compare.Comparison`), records its fingerprint
-and a result trained with another one stops the study (``retrain``: trained again, and the
-fine-tuning runs after it, whose fingerprints hold the backbone's content).
+Every run, the pretraining included, writes its record when it finishes (:mod:`.records`): a
+recorded run is not trained again, so a study stopped anywhere continues from its records, in a
+later session or on another machine, and one whose runs are all recorded reports without
+training anything. The pretraining's record holds the backbone's content hash, which the
+fine-tuning runs' fingerprints hold: where a fine-tuning run has to train and the backbone is not
+here, the pretraining runs again, and it must write the same backbone (the kernels are pinned,
+:mod:`.kernels`) or the study stops. Like each fine-tuning run (:class:`.compare.Comparison`), the
+pretraining records its fingerprint and a result trained with another one stops the study
+(``retrain``: trained again, and the fine-tuning runs after it).
 """
+import io
 import os
 import os.path as osp
 import shutil
+import statistics
 import subprocess
 import sys
 from typing import Callable, Dict, Optional, Sequence
@@ -26,9 +33,11 @@ import torch
 
 from doconv_mm.atomic import write
 
-from .compare import (Comparison, StaleRun, fingerprint_differences, last_checkpoint, pick_metric,
-                      read_logs, seed_options, stale_message, write_report)
-from .fingerprint import resolved_config, run_fingerprint, write_fingerprint
+from . import records
+from .compare import (Comparison, StaleRun, config_name, fingerprint_differences, last_checkpoint,
+                      pick_metric, read_logs, seed_options, stale_message, write_report)
+from .fingerprint import (differences, file_id, resolved_config, run_fingerprint,
+                          write_fingerprint)
 from .kernels import kernel_env
 
 TASKS = {
@@ -47,6 +56,7 @@ TASKS = {
                  'configs/study/deeplabv3_r18-d8_doconv-all_pretrained_toy-cityscapes.py']),
 }
 PRETRAIN_SEED = 100  # the pretraining set's images and the pretraining run's seed
+STUDY_IMAGES = {'det': 16, 'seg': 8}  # the toy sets' validation images (tools/make_toy_data.py)
 
 
 def data_options(task: str, data_root: str) -> list:
@@ -66,18 +76,26 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
     state = {k[len(prefix):]: v for k, v in ckpt['state_dict'].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f'{src} holds no weights under {prefix!r}')
-    write(dst, lambda tmp: torch.save({'state_dict': state}, tmp))
+    buffer = io.BytesIO()  # not the file: torch.save names the archive after the file's name
+    torch.save({'state_dict': state}, buffer)
+    write(dst, buffer.getvalue())  # the same weights give the same bytes, in any session
     return len(state)
 
 
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
              cfg_options: Sequence[str] = (), log: Callable[[str], None] = print,
-             progress: Optional[Callable[[], None]] = None, retrain: bool = False) -> Dict:
-    """One task's steps 1-3 (see the module doc); returns the comparison's report. ``retrain``:
-    the pretraining and the fine-tuning runs trained with another fingerprint than this call's
-    are trained again (:class:`.Comparison`)."""
+             progress: Optional[Callable[[], None]] = None, retrain: bool = False,
+             records_dir: Optional[str] = None, need_checkpoint=None) -> Dict:
+    """One task's steps 1-3 (see the module doc); returns the comparison's report. Each run,
+    the pretraining included, is recorded in ``records_dir``/``task`` (default
+    ``workspace``/work_dirs/study/records; :mod:`.records`): a recorded run is not trained again
+    (unless ``need_checkpoint(config, seed, record)``; :meth:`.Comparison.train`), and the
+    pretraining runs only when a fine-tuning run has to train. ``retrain``: the pretraining and
+    the fine-tuning runs trained with another fingerprint than this call's are trained again."""
     spec = TASKS[task]
     study = osp.join(workspace, 'work_dirs', 'study', task)
+    task_records = osp.join(records_dir or osp.join(workspace, 'work_dirs', 'study', 'records'),
+                            task)
     py, tools = sys.executable, osp.join(root, 'tools')
     for data, seed in ((spec['data'], 0), (spec['pretrain_data'], PRETRAIN_SEED)):
         subprocess.run([py, osp.join(tools, 'make_toy_data.py'), spec['format'],
@@ -88,16 +106,31 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
     options = [*seed_options(PRETRAIN_SEED), *data_options(task, spec['pretrain_data'])]
     fingerprint = run_fingerprint(resolved_config(osp.join(root, spec['pretrain']), options),
                                   PRETRAIN_SEED, workspace)
+    pre_path = records.record_path(task_records, config_name(spec['pretrain']), PRETRAIN_SEED)
+    pre = records.read(pre_path)
     started = osp.isfile(osp.join(pretrain_dir, 'last_checkpoint'))
-    diff = fingerprint_differences(pretrain_dir, fingerprint) if started else []
+    diff, where = (fingerprint_differences(pretrain_dir, fingerprint), pretrain_dir) if started \
+        else ([], None)
+    if not diff and pre is not None:
+        diff, where = differences(pre['fingerprint'], fingerprint), pre_path
     if diff and not retrain:
-        raise StaleRun(stale_message(f'{task} pretraining', pretrain_dir, diff))
+        raise StaleRun(stale_message(f'{task} pretraining', where, diff))
     if diff:  # pretrain again; the fine-tuning runs follow (their fingerprints hold the backbone)
-        shutil.rmtree(pretrain_dir)
-        if osp.isfile(backbone):
-            os.remove(backbone)
-        started = False
-    if not osp.isfile(backbone):
+        for path in (pretrain_dir, backbone, pre_path):
+            if osp.isdir(path):
+                shutil.rmtree(path)
+            elif osp.isfile(path):
+                os.remove(path)
+        started, pre = False, None
+    # the backbone as its record knows it, where its file is not here
+    known = {osp.relpath(backbone, workspace): pre['backbone']} if pre is not None else {}
+
+    def comparison(checkpoints):
+        return Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
+                          cfg_options, cwd=workspace, retrain=retrain, records=task_records,
+                          checkpoints=checkpoints)
+
+    if not osp.isfile(backbone) and (pre is None or comparison(known).pending(need_checkpoint)):
         log(f'{task}: pretraining the stock network on {spec["pretrain_data"]} '
             f'({spec["pretrain"]})')
         cmd = [py, osp.join(tools, 'train.py'), osp.join(root, spec['pretrain']), '--work-dir',
@@ -112,10 +145,55 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
         metric = pick_metric(val[max(val)], None)
         log(f'{task}: pretrained ({metric} {val[max(val)][metric]}); {n} backbone tensors -> '
             f'{backbone}')
-    comparison = Comparison(root, [osp.join(root, c) for c in spec['configs']], seeds, study,
-                            cfg_options, cwd=workspace, retrain=retrain)
+    here = file_id(backbone) if osp.isfile(backbone) else None
+    if here is not None and pre is not None and here != pre['backbone'] and not retrain:
+        raise RuntimeError(
+            f'{task} pretraining did not repeat: the backbone {backbone} differs from the one '
+            f'its record {pre_path} holds, from which the fine-tuning runs recorded there '
+            f'trained; --retrain trains the pretraining and them again')
+    if here is not None and (pre is None or here != pre['backbone']):
+        pre = dict(records.from_run(root, pretrain_dir, config_name(spec['pretrain']),
+                                    PRETRAIN_SEED, fingerprint, read_logs(pretrain_dir),
+                                    last_checkpoint(pretrain_dir)), backbone=here)
+        records.write(pre_path, pre)
+    compared = comparison({} if here is not None else known)
     log(f'{task}: fine-tuning {len(spec["configs"])} configs x {len(seeds)} seeds')
-    comparison.train(progress)
-    report = comparison.collect()
+    compared.train(progress, need_checkpoint)
+    report = compared.collect()
     report['paths'] = write_report(report, osp.join(study, 'compare'))
     return report
+
+
+LABELS = {'det': ('det, Faster R-CNN R18-FPN, bbox mAP', 4),
+          'seg': ('seg, DeepLabv3 R18-D8, mIoU', 2)}  # a task's row label and its digits
+
+
+def summary(reports: Dict[str, dict], noise_results: Sequence[dict] = ()) -> str:
+    """README's table: per task, stock's final metric (mean ± std over seeds) and each DO-Conv
+    config's paired difference [95% CI], p, on the study's validation set (``reports``, as
+    :meth:`.Comparison.collect` makes them) and on the large split (``noise_results``, as
+    :func:`.noise.run_task` makes them); then the machines the runs came from."""
+    lines = ['| task | validation images | stock (mean ± std) | DO-Conv head − stock [95% CI], p | '
+             'DO-Conv all − stock [95% CI], p |', '| --- | --- | --- | --- | --- |']
+    large = {r['task']: r for r in noise_results}
+    every = []
+    for task, report in reports.items():
+        label, digits = LABELS[task]
+        base = report['baseline']
+        rows = [(STUDY_IMAGES[task], report['configs'][base]['values'], report['comparisons'])]
+        if task in large:
+            r = large[task]
+            rows.append((r['images'], list(r['metrics'][base].values()),
+                         {name: c['paired'] for name, c in r['configs'].items()}))
+        for images, stock, comparisons in rows:
+            cells = [f'{statistics.fmean(stock):.{digits}f} ± {statistics.stdev(stock):.{digits}f}']
+            for d in comparisons.values():
+                cells.append(f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, "
+                             f"{d['ci_high']:+.{digits}f}], {d['p']:.3f}")
+            lines.append(f'| {label} | {images} | ' + ' | '.join(cells) + ' |')
+        every += [dict(m) for m in report['machines']]
+    runs = sum(m['runs'] for m in every)
+    commits = sorted({c for report in reports.values() for c in report['commits']})
+    lines += ['', f'{runs} fine-tuning runs, recorded at {", ".join(commits) or "unknown"}, from '
+              + '; '.join(f"{records.describe(m)}: {m['runs']}" for m in every) + '.']
+    return '\n'.join(lines)

@@ -6,7 +6,7 @@ work).
     python tools/compare.py BASELINE_CONFIG CONFIG [CONFIG ...] --seeds 0 1 2 --work-dir DIR
                             [--cfg-options k=v ...] [--metric NAME] [--out PREFIX]
                             [--launcher none|pytorch|slurm] [--gpus N] [--retrain]
-                            [--print-commands | --collect]
+                            [--records DIR] [--print-commands | --collect]
 
 Every config runs with every seed (the same seed, so the same data order, for all configs); runs
 land in DIR/<config name>/seed<k>; finished runs are read, not rerun, and a killed run resumes
@@ -14,10 +14,14 @@ from its last checkpoint when started again. Each run records what trains it (th
 resolved after --cfg-options, the seed, the checkpoints the config loads, the package versions,
 the CPU kernels it is pinned to: experiments/kernels.py, so that a run repeats on another machine);
 a run trained with anything else stops the command with an error naming it and what differs:
---retrain deletes such runs and trains them again (or give another --work-dir). --print-commands
-prints the training commands of the unfinished runs (e.g. --launcher slurm for a cluster) and
-exits; --collect only reads finished runs. The report goes to PREFIX.md, .json and .png (default
-DIR/compare) and is printed.
+--retrain deletes such runs and trains them again (or give another --work-dir). Each finished run
+is recorded in a small JSON file (its fingerprint, final metrics and curves, the machine that
+trained it, its wall time: experiments/records.py) under --records (default DIR/records); the
+report is made from the records, a recorded run is never trained again, and the run folders can
+go: keep the records (e.g. in your repository) and --collect reports from them alone.
+--print-commands prints the training commands of the unfinished runs (e.g. --launcher slurm for a
+cluster) and exits; --collect only reads finished runs, recording those not recorded yet. The
+report goes to PREFIX.md, .json and .png (default DIR/compare) and is printed.
 """
 import argparse
 import os.path as osp
@@ -48,6 +52,8 @@ def main(argv=None):
     parser.add_argument('--retrain', action='store_true',
                         help='delete and train again the runs that another config, seed, '
                         'loaded checkpoint or package version trained')
+    parser.add_argument('--records', help='where each finished run is recorded (default: '
+                        'WORK_DIR/records)')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--print-commands', action='store_true',
                       help='print the commands of the unfinished runs and exit')
@@ -68,7 +74,8 @@ def main(argv=None):
             check_input(config, 'config')
         comparison = Comparison(ROOT, [osp.abspath(c) for c in args.configs], args.seeds,
                                 osp.abspath(args.work_dir), args.cfg_options, args.metric,
-                                args.launcher, args.gpus, retrain=args.retrain)
+                                args.launcher, args.gpus, retrain=args.retrain,
+                                records=args.records and osp.abspath(args.records))
         if args.print_commands:
             pinned = [f'{k}={v}' for k, v in KERNEL_ENV.items()]  # as train() runs them
             for cmd in comparison.pending_commands():

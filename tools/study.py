@@ -1,12 +1,16 @@
 """The paper's protocol at toy scale: pretrain a plain backbone, fine-tune stock vs DO-Conv head
 vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
 
-    python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR]
+    python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR] [--records DIR]
                           [--cfg-options k=v ...] [--retrain] [--noise [IMAGES]]
                           [--int8 [--calib N] [--engines E ...]]
 
-Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}. Interrupted, it continues where
-it stopped. --cfg-options change every fine-tuning run (e.g. a longer schedule:
+Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}, from the runs' records
+(experiments/records/{det,seg}/<config>/seed<k>.json, committed: experiments/records.py): a
+recorded run is not trained again, so the study reports from its records alone, and a study
+stopped anywhere continues from them in a later session, on this machine or another (the three
+configs of a seed train on one machine: where one of them trains, those another machine recorded
+train again beside it). --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg);
 a fine-tuning run trained with other options, an edited config, another pretrained backbone or
 other package versions stops it with an error naming the run: --retrain trains such runs again.
@@ -31,8 +35,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
+from experiments import speed  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
-from experiments.study import TASKS, run_task  # noqa: E402
+from experiments.study import TASKS, run_task, summary  # noqa: E402
 
 
 def main(argv=None):
@@ -42,6 +47,9 @@ def main(argv=None):
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--workspace', default=ROOT,
                         help='where data/ and work_dirs/ go (default: the checkout)')
+    parser.add_argument('--records', default=osp.join(ROOT, 'experiments', 'records'),
+                        help='where each finished run is recorded (default: the checkout\'s '
+                        'experiments/records; give another folder for other --cfg-options)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
     parser.add_argument('--retrain', action='store_true',
@@ -69,25 +77,41 @@ def main(argv=None):
     if bad:
         parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
     from mmengine.utils import ProgressBar
+    from experiments import noise
     start, reports = time.perf_counter(), {}
+    records = osp.abspath(args.records)
+    need_checkpoint = None  # the runs to have here, not only their records
+    if args.int8:
+        need_checkpoint = lambda config, seed, record: True  # noqa: E731
+    elif args.noise is not None:
+        need_checkpoint = noise.needs_checkpoint(args.noise)
     for task in args.tasks:
         bar = ProgressBar(len(TASKS[task]['configs']) * len(args.seeds))
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError):
             reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
                                      args.cfg_options, log=lambda msg: print('\n' + msg),
-                                     progress=bar.update, retrain=args.retrain)
+                                     progress=bar.update, retrain=args.retrain,
+                                     records_dir=records, need_checkpoint=need_checkpoint)
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
+        train_speed = speed.compare_speed(report)
+        paths = speed.write(train_speed, osp.join(osp.abspath(args.workspace), 'work_dirs',
+                                                  'study', task, 'speed'))
+        print(f'\n## {task}, training speed\n\n{speed.markdown(train_speed)}\n\nwrote '
+              + ', '.join(paths))
+    results = []
     if args.noise is not None:
-        from experiments import noise
         workspace = osp.abspath(args.workspace)
-        with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
+        with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError,
+                             RuntimeError):
             results = [noise.run_task(ROOT, workspace, task, args.seeds, args.noise,
-                                      log=lambda msg: print(msg)) for task in args.tasks]
+                                      log=lambda msg: print(msg), records_dir=records)
+                       for task in args.tasks]
         paths = [path for r in results for path in noise.write(
             [r], osp.join(workspace, 'work_dirs', 'study', r['task'], 'noise'))]
         print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
+    print(f'\n## summary (README)\n\n{summary(reports, results)}')
     if args.int8:
         from experiments import quant_study
         workspace = osp.abspath(args.workspace)

@@ -93,6 +93,9 @@ def test_derived_outputs_are_current_while_their_checkpoint_is(tmp_path):
     assert not is_current(str(out), recorded)
 
 
+REAL_RUN = subprocess.run
+
+
 class FakeTrainer:
     """Stands in for tools/train.py: the schedule's last checkpoint and a validation record in
     the run's folder, the metric 0.1 * (number of trainings so far); every training with the CPU
@@ -101,7 +104,9 @@ class FakeTrainer:
     def __init__(self):
         self.trained = []
 
-    def __call__(self, cmd, cwd=None, env=None, stdout=None, stderr=None):
+    def __call__(self, cmd, cwd=None, env=None, stdout=None, stderr=None, **kwargs):
+        if cmd[0] == 'git':  # the records' commit
+            return REAL_RUN(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, **kwargs)
         assert env == {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
         work_dir = cmd[cmd.index('--work-dir') + 1]
         self.trained.append(work_dir)
@@ -179,8 +184,10 @@ def test_a_run_without_a_fingerprint_is_not_read(tmp_path, trainer):
     with pytest.raises(StaleRun, match=r'stock seed 0 .*: no fingerprint.json \(trained before '
                        r'runs recorded one\); --retrain trains it again'):
         Comparison('root', paths, [0], work, cwd=str(tmp_path)).collect()
-    # a run that never saved a checkpoint starts again under the new fingerprint, unasked
+    # a run that never saved a checkpoint (so no record either) starts again under the new
+    # fingerprint, unasked
     os.remove(osp.join(work, 'doconv', 'seed0', 'last_checkpoint'))
+    os.remove(osp.join(work, 'records', 'doconv', 'seed0.json'))
     cmds = Comparison('root', paths, [0], work, ['train_cfg.max_epochs=2'], cwd=str(tmp_path),
                       retrain=True).pending_commands()
     assert [c[c.index('--work-dir') + 1] for c in cmds] == [

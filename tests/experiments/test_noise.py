@@ -6,6 +6,7 @@ import json
 import math
 import os.path as osp
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import noise
+from experiments import noise, records
 from experiments.compare import config_name
+from experiments.fingerprint import file_id
 from experiments.noise import (DetSubsets, SegSubsets, decompose, estimate_var, half_width,
                                images_needed, markdown, seeds_needed, subsets)
 from experiments.paired_stats import paired, t_quantile
@@ -241,6 +243,14 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path, monkeypatch):
     paired differences, the decomposition and the reports follow them. Each run's predictions
     are made once, and again after its checkpoint changes (the run resumed), not otherwise."""
     images, seeds = 64, [0, 1]
+    recs = tmp_path / 'work_dirs/study/records/det'
+
+    def record(name, seed, checkpoint):  # as the study records a finished run (the part read)
+        path = records.record_path(str(recs), name, seed)
+        old = records.read(path) or {}
+        records.write(path, dict(old, config=name, seed=seed, checkpoint=dict(
+            name=checkpoint.name, **file_id(str(checkpoint)))))
+
     data = tmp_path / f"{noise.SPLITS['det']['data']}_{images}"
     subprocess.run([sys.executable, 'tools/make_toy_data.py', 'coco', str(data), '--num-train',
                     '0', '--num-val', str(images), '--seed', str(noise.NOISE_SEED)], cwd=ROOT,
@@ -270,6 +280,7 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path, monkeypatch):
             run.mkdir(parents=True)
             (run / 'epoch_6.pth').write_bytes(f'{name} {seed}'.encode())
             (run / 'last_checkpoint').write_text(str(run / 'epoch_6.pth'))
+            record(name, seed, run / 'epoch_6.pth')
     evaluated = []
 
     def evaluate(root, workspace, task, config, checkpoint, data_dir, out):
@@ -286,11 +297,25 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path, monkeypatch):
     run = tmp_path / 'work_dirs/study/det' / names[0] / 'seed1'
     (run / 'epoch_8.pth').write_bytes(b'resumed')
     (run / 'last_checkpoint').write_text(str(run / 'epoch_8.pth'))
+    # resumed, not recorded yet: its record (of epoch 6, evaluated) is what is reported
+    assert noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None) == r
+    assert len(evaluated) == 6
+    record(names[0], 1, run / 'epoch_8.pth')  # recorded: evaluated again
     assert noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None) == r
     assert evaluated[6:] == [(names[0], 1)]
     out = tmp_path / 'work_dirs/study/det/noise' / str(images) / names[0] / 'seed1.pkl'
     assert json.loads(open(str(out) + '.sources.json').read())['checkpoint']['path'] == str(
         run / 'epoch_8.pth')
+    # a record of another checkpoint than the run's, not evaluated: one line says so
+    other = tmp_path / 'other.pth'
+    other.write_bytes(b'other')
+    saved = records.read(records.record_path(str(recs), names[1], 0))
+    records.write(records.record_path(str(recs), names[1], 0), dict(
+        saved, large={}, checkpoint=dict(name=other.name, **file_id(str(other)))))
+    with pytest.raises(RuntimeError, match=rf'det: {names[1]} seed 0: its checkpoint .*epoch_6.pth '
+                       r'is not the one its record holds; tools/study.py records it first'):
+        noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None)
+    records.write(records.record_path(str(recs), names[1], 0), saved)
     assert r['sizes'] == [16] and r['baseline'] == names[0]
     assert r['metrics'][names[2]] == {0: 1.0, 1: 1.0}  # every box found
     assert all(0 < r['metrics'][names[0]][s] < r['metrics'][names[1]][s] < 1 for s in seeds)
@@ -312,3 +337,13 @@ def test_run_task_scores_and_pairs_finished_evaluations(tmp_path, monkeypatch):
     assert f"| {names[2]} | {r['configs'][names[2]]['paired']['mean']:+.4f} |" in text
     paths = noise.write([r], str(tmp_path / 'noise'))
     assert json.loads(open(paths[1]).read())[0]['metrics'][names[2]] == {'0': 1.0, '1': 1.0}
+    # the work dirs gone, the records alone give the same result
+    shutil.rmtree(tmp_path / 'work_dirs/study/det')
+    shutil.rmtree(data)
+    assert noise.run_task(ROOT, str(tmp_path), 'det', seeds, images, log=lambda msg: None) == r
+    assert len(evaluated) == 7
+    # another split size is not in the records and the checkpoints are gone: one line says so
+    with pytest.raises(RuntimeError, match=rf'det: {names[0]} seed 0 is not evaluated on 128 '
+                       r'images and its checkpoint is not here .*; tools/study.py --noise 128 '
+                       r'trains it again first'):
+        noise.run_task(ROOT, str(tmp_path), 'det', seeds, 128, log=lambda msg: None)

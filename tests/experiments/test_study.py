@@ -4,14 +4,16 @@ itself is the end-to-end run)."""
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
+import zlib
 
 import pytest
 import torch
 
-from experiments import study
+from experiments import records, study
 from experiments.compare import StaleRun, config_name, final_checkpoint
-from experiments.fingerprint import resolved_config
+from experiments.fingerprint import file_id, resolved_config
 from experiments.study import TASKS, backbone_checkpoint, data_options
 from mm_helpers import ROOT
 
@@ -26,6 +28,10 @@ def test_backbone_checkpoint_is_plain_and_loads_safely(tmp_path):
     assert list(loaded['state_dict']) == ['conv1.weight']
     assert torch.equal(loaded['state_dict']['conv1.weight'], w)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['backbone.pth', 'epoch_8.pth']  # no temp
+    # the same weights, the same bytes (a later session's pretraining is checked by its hash)
+    other = tmp_path / 'sub' / 'other.pth'
+    backbone_checkpoint(src, str(other))
+    assert other.read_bytes() == open(dst, 'rb').read()
     with pytest.raises(ValueError, match="holds no weights under 'head.'"):
         backbone_checkpoint(src, str(tmp_path / 'none.pth'), prefix='head.')
     assert not osp.exists(tmp_path / 'none.pth')
@@ -40,38 +46,58 @@ def test_data_options_and_study_configs():
         assert all(osp.isfile(osp.join(ROOT, c)) for c in spec['configs'] + [spec['pretrain']])
 
 
-def test_a_changed_pretraining_stops_the_study_and_retrain_redoes_it_and_what_follows(
-        tmp_path, monkeypatch):
-    """tools/train.py replaced by a stand-in that writes the schedule's last checkpoint (its
-    backbone weight: the count of trainings so far) and a validation record, and checks that it
-    runs with the CPU kernels pinned (experiments/kernels.py). The study trains
-    the pretraining and the three fine-tuning runs once; with the pretraining's recorded
-    fingerprint altered (as if another learning rate had trained it) it stops with one line
-    naming it, and with retrain it pretrains again and, the backbone's content changed, the
-    fine-tuning runs too; then nothing more."""
-    work = tmp_path / 'work_dirs' / 'study' / 'det'
-    trained = []
+REAL_RUN = subprocess.run
 
-    def run(cmd, cwd=None, env=None, check=False, stdout=None, stderr=None):
+
+class StandIn:
+    """Stands in for tools/train.py (and for make_toy_data.py, a no-op): writes the schedule's
+    last checkpoint (its backbone weight: the count of trainings so far, or 1 for every
+    pretraining where ``repeats``), a validation record (a metric of the run's folder name) and
+    a log of 150 s, and checks that it runs with the CPU kernels pinned
+    (experiments/kernels.py); ``trained`` lists the folders it trained, relative to ``work``."""
+
+    def __init__(self, work, repeats=False):
+        self.work, self.repeats, self.trained = work, repeats, []
+
+    def __call__(self, cmd, cwd=None, env=None, check=False, stdout=None, stderr=None, **kwargs):
+        if cmd[0] == 'git':  # the records' commit
+            return REAL_RUN(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, **kwargs)
         if cmd[1].endswith('make_toy_data.py'):
             return subprocess.CompletedProcess(cmd, 0)
         # every training runs with the CPU kernels pinned, over the caller's environment
         assert env == {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
         work_dir = cmd[cmd.index('--work-dir') + 1]
         options = [o for o in cmd[cmd.index('--cfg-options') + 1:] if o != '--resume']
-        trained.append(osp.relpath(work_dir, work))
+        run = osp.relpath(work_dir, self.work)
+        self.trained.append(run)
         final = osp.join(work_dir, final_checkpoint(resolved_config(cmd[2], options)))
-        torch.save({'state_dict': {'backbone.w': torch.tensor([len(trained)])}}, final)
+        weight = 1 if self.repeats and run == 'pretrain' else len(self.trained)
+        torch.save({'state_dict': {'backbone.w': torch.tensor([weight])}}, final)
         with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
             f.write(final)
-        os.makedirs(osp.join(work_dir, f'2026{len(trained):04d}', 'vis_data'))
-        with open(osp.join(work_dir, f'2026{len(trained):04d}', 'vis_data', 'scalars.json'),
-                  'w') as f:
+        stamp = osp.join(work_dir, f'2026{len(self.trained):04d}')
+        os.makedirs(osp.join(stamp, 'vis_data'))
+        with open(osp.join(stamp, 'vis_data', 'scalars.json'), 'w') as f:
             f.write(json.dumps(dict(loss=1.0, iter=1)) + '\n')
-            f.write(json.dumps({'coco/bbox_mAP': 0.1, 'step': 1}) + '\n')
+            f.write(json.dumps({'coco/bbox_mAP': zlib.crc32(run.encode()) % 1000 / 1000,
+                                'step': 1}) + '\n')
+        with open(osp.join(stamp, f'2026{len(self.trained):04d}.log'), 'w') as f:
+            f.write('2026/12/06 10:00:00 - mmengine - INFO - start\nloss: 1.0\n'
+                    '2026/12/06 10:02:30 - mmengine - INFO - done\n')
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(study.subprocess, 'run', run)
+
+def test_a_changed_pretraining_stops_the_study_and_retrain_redoes_it_and_what_follows(
+        tmp_path, monkeypatch):
+    """tools/train.py replaced by :class:`StandIn`. The study trains
+    the pretraining and the three fine-tuning runs once; with the pretraining's recorded
+    fingerprint altered (as if another learning rate had trained it) it stops with one line
+    naming it, and with retrain it pretrains again and, the backbone's content changed, the
+    fine-tuning runs too; then nothing more."""
+    work = tmp_path / 'work_dirs' / 'study' / 'det'
+    stand_in = StandIn(work)
+    trained = stand_in.trained
+    monkeypatch.setattr(study.subprocess, 'run', stand_in)
     runs = ['pretrain'] + [osp.join(config_name(c), 'seed0') for c in TASKS['det']['configs']]
     study.run_task(ROOT, str(tmp_path), 'det', [0], log=lambda msg: None)
     assert trained == runs
@@ -90,3 +116,103 @@ def test_a_changed_pretraining_stops_the_study_and_retrain_redoes_it_and_what_fo
     assert backbone['state_dict']['w'].item() == 5  # from the new pretraining
     study.run_task(ROOT, str(tmp_path), 'det', [0], log=lambda msg: None)
     assert len(trained) == 8
+
+
+def test_the_study_reports_from_its_records_alone_and_continues_them_later(tmp_path, monkeypatch):
+    """With :class:`StandIn` (a pretraining that repeats): each run is recorded as it finishes;
+    with the work dirs gone (a later session) the study reports from the records alone, training
+    nothing, not even the pretraining; a seed added later pretrains again and trains that seed
+    only; a seed one of whose configs another machine recorded trains all three here."""
+    work = tmp_path / 'work_dirs' / 'study' / 'det'
+    stand_in = StandIn(work, repeats=True)
+    monkeypatch.setattr(study.subprocess, 'run', stand_in)
+    recs = tmp_path / 'records'
+    names = [config_name(c) for c in TASKS['det']['configs']]
+
+    def run_task(seeds, **kwargs):
+        report = study.run_task(ROOT, str(tmp_path), 'det', seeds, log=lambda msg: None,
+                                records_dir=str(recs), **kwargs)
+        return {k: v for k, v in report.items() if k != 'paths'}
+
+    first = run_task([0])
+    assert stand_in.trained == ['pretrain'] + [osp.join(n, 'seed0') for n in names]
+    record = json.loads((recs / 'det' / names[1] / 'seed0.json').read_text())
+    assert record['config'] == names[1] and record['seed'] == 0
+    assert record['checkpoint'] == dict(name='epoch_6.pth', **file_id(str(
+        work / names[1] / 'seed0' / 'epoch_6.pth')))
+    assert record['fingerprint'] == json.loads(
+        (work / names[1] / 'seed0' / 'fingerprint.json').read_text())
+    assert record['final'] == {'coco/bbox_mAP': first['configs'][names[1]]['values'][0]}
+    assert record['curves'] == dict(loss=[[1, 1.0]], val=[[1, record['final']]])
+    assert record['wall_s'] == 150 and record['attempts'] == 1
+    assert record['machine'] == records.machine() and record['machine']['cpus'] >= 1
+    pretrain = json.loads((recs / 'det' / config_name(TASKS['det']['pretrain']) / 'seed100.json')
+                          .read_text())
+    assert pretrain['backbone'] == file_id(str(work / 'pretrained_backbone.pth'))
+    assert first['machines'] == [dict(records.machine(), runs=3)]
+    assert first['configs'][names[0]]['wall_s'] == 150
+
+    shutil.rmtree(tmp_path / 'work_dirs')  # a later session
+    assert run_task([0]) == first
+    assert len(stand_in.trained) == 4  # from the records alone
+    both = run_task([0, 1])
+    assert stand_in.trained[4:] == ['pretrain'] + [osp.join(n, 'seed1') for n in names]
+    assert [c['values'][0] for c in both['configs'].values()] == \
+        [c['values'][0] for c in first['configs'].values()]
+
+    # seed 2's stock run recorded on another machine, its DO-Conv runs not recorded
+    run_task([2])
+    shutil.rmtree(tmp_path / 'work_dirs')
+    path = recs / 'det' / names[0] / 'seed2.json'
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), machine=dict(
+        cpu='another CPU', isa=['avx2'], cpus=4, id='0123456789ab'))))
+    for name in names[1:]:
+        os.remove(recs / 'det' / name / 'seed2.json')
+    trained = len(stand_in.trained)
+    run_task([0, 1, 2])
+    assert stand_in.trained[trained:] == ['pretrain'] + [osp.join(n, 'seed2') for n in names]
+    assert json.loads(path.read_text())['machine'] == records.machine()
+
+
+def test_a_pretraining_that_does_not_repeat_stops_the_continued_study(tmp_path, monkeypatch):
+    """A later session's pretraining that writes another backbone than the recorded one: the
+    runs recorded from the old one cannot be paired with new ones, one line says so; retrain
+    trains them all again."""
+    work = tmp_path / 'work_dirs' / 'study' / 'det'
+    stand_in = StandIn(work)  # every training writes other weights
+    monkeypatch.setattr(study.subprocess, 'run', stand_in)
+    recs = str(tmp_path / 'records')
+    study.run_task(ROOT, str(tmp_path), 'det', [0], log=lambda msg: None, records_dir=recs)
+    shutil.rmtree(tmp_path / 'work_dirs')
+    with pytest.raises(RuntimeError, match=r'^det pretraining did not repeat: the backbone .* '
+                       r'differs from the one its record .*seed100.json holds, from which the '
+                       r'fine-tuning runs recorded there trained; --retrain trains the '
+                       r'pretraining and them again$'):
+        study.run_task(ROOT, str(tmp_path), 'det', [0, 1], log=lambda msg: None,
+                       records_dir=recs)
+    assert len(stand_in.trained) == 5  # the pretraining, then nothing
+    names = [config_name(c) for c in TASKS['det']['configs']]
+    study.run_task(ROOT, str(tmp_path), 'det', [0, 1], log=lambda msg: None, records_dir=recs,
+                   retrain=True)
+    assert stand_in.trained[5:] == [osp.join(n, f'seed{s}') for s in (0, 1) for n in names]
+
+
+def test_summary_is_readmes_table_from_the_reports():
+    """study.summary: stock's mean ± std and each DO-Conv config's paired difference [CI], p, on
+    the study's validation set and on the large split, then the machines."""
+    machine = dict(cpu='Some CPU', isa=['avx2'], cpus=2, id='abcdef012345')
+    diff = dict(mean=0.012, ci_low=-0.0335, ci_high=0.0575, p=0.3741)
+    report = dict(baseline='stock', configs={'stock': dict(values=[0.2, 0.3, 0.4])},
+                  comparisons={'head': diff, 'all': dict(diff, mean=-0.5)},
+                  machines=[dict(machine, runs=9)], commits=['abc1234'])
+    large = dict(task='det', images=512, metrics={'stock': {0: 0.1, 1: 0.2, 2: 0.3}},
+                 configs={'head': dict(paired=diff), 'all': dict(paired=diff)})
+    lines = study.summary({'det': report}, [large]).splitlines()
+    assert lines[2] == ('| det, Faster R-CNN R18-FPN, bbox mAP | 16 | 0.3000 ± 0.1000 | '
+                        '+0.0120 [-0.0335, +0.0575], 0.374 | -0.5000 [-0.0335, +0.0575], 0.374 |')
+    assert lines[3].startswith('| det, Faster R-CNN R18-FPN, bbox mAP | 512 | 0.2000 ± 0.1000 |')
+    assert lines[5] == ('9 fine-tuning runs, recorded at abc1234, from Some CPU (avx2, 2 CPUs, '
+                        'id abcdef012345): 9.')
+    seg = study.summary({'seg': dict(report, baseline='stock')}).splitlines()
+    assert seg[2].startswith('| seg, DeepLabv3 R18-D8, mIoU | 8 | 0.30 ± 0.10 | +0.01 [-0.03, ')
+    assert len(seg) == 5  # no large split given: one row

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import os.path as osp
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,19 @@ def test_compare_resumes_after_a_kill_and_reports_paired_statistics(workspace):
     assert collected.returncode == 0, collected.stderr[-3000:]
     assert json.loads((ws / 'again.json').read_text()) == report
     assert attempts(ws, NAMES[0], 1) == 1 and attempts(ws, NAMES[1], 1) == 1
+
+    # each run recorded as it finished: with the run folders gone, the records give the report
+    record = json.loads((ws / 'work' / 'records' / NAMES[1] / 'seed0.json').read_text())
+    assert record['attempts'] == 2 and record['wall_s'] > 0
+    assert report['machines'] == [dict(record['machine'], runs=4)]
+    assert f"Runs from {record['machine']['cpu']} (" in done.stdout
+    for name in NAMES:
+        shutil.rmtree(ws / 'work' / name)
+    gone = compare(ws, '--collect', '--out', str(ws / 'gone'))
+    assert gone.returncode == 0, gone.stderr[-3000:]
+    assert json.loads((ws / 'gone.json').read_text()) == report
+    again = compare(ws)  # nothing to train: every run is recorded
+    assert again.returncode == 0 and not (ws / 'work' / NAMES[0]).exists()
 
 
 def test_other_options_or_an_edited_config_refuse_then_retrain(workspace, tmp_path):
