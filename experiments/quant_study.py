@@ -3,20 +3,23 @@
 the stock model of the same seed, and the int8 drops compared paired by seed.
 
 Each check is a run of the command line, as a user runs it, writing
-``work_dirs/study/<task>/int8/seed<k>.{md,json}``; a check whose JSON exists is read, not rerun,
-while the two checkpoints it came from (recorded beside it, :mod:`.fingerprint`) are the runs'
-last ones and a version that reports each drop against its own reference wrote it (``drop_from``);
-it runs again otherwise.
+``work_dirs/study/<task>/int8/seed<k>.{md,json}``, and is recorded beside the runs' records
+(``<records>/<task>/int8/seed<k>[.<engine>].json``: the report, the two checkpoints' hashes, the
+calibration size, the machine, the commit; :mod:`.records`). A recorded check is read, not rerun,
+while its two checkpoints are the ones the runs' records hold and a version that reports each drop
+against its own reference wrote it (``drop_from``); it runs again otherwise, from the
+checkpoints, which must then be on disk.
 """
 import json
 import os
 import os.path as osp
 import subprocess
 import sys
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
-from .compare import last_checkpoint, run_dir
-from .fingerprint import is_current, record_sources, sources
+from . import records
+from .compare import config_name, last_checkpoint, run_dir
+from .fingerprint import sources
 from .paired_stats import paired
 from .study import TASKS
 
@@ -56,45 +59,103 @@ def report_path(study: str, seed: int, engine: str) -> str:
     return osp.join(study, 'int8', f'seed{seed}{suffix}.md')
 
 
-def current(json_out: str) -> bool:
-    """Whether ``json_out`` is a report of this version: drops each from its own reference
-    (``drop_from``) and the weight SQNR on the kernels as deployed."""
-    if not osp.isfile(json_out):
-        return False
-    with open(json_out) as f:
-        report = json.load(f)
+def current(report: dict) -> bool:
+    """Whether ``report`` is of this version: drops each from its own reference (``drop_from``)
+    and the weight SQNR on the kernels as deployed."""
     return all('drop_from' in m for m in report['models'].values())
 
 
+def int8_record_path(task_records: str, seed: int, engine: str) -> str:
+    suffix = '' if engine == 'torch' else f'.{engine}'
+    return osp.join(task_records, 'int8', f'seed{seed}{suffix}.json')
+
+
+def _runs(task_records: str, task: str, seed: int) -> Optional[Dict[str, dict]]:
+    """The records of the seed's DO-Conv-all ('model') and stock ('baseline') runs, or None where
+    one is missing."""
+    out = {}
+    for role, index in (('model', ALL), ('baseline', STOCK)):
+        name = config_name(TASKS[task]['configs'][index])
+        out[role] = records.read(records.record_path(task_records, name, seed))
+    return None if None in out.values() else out
+
+
+def recorded(task_records: str, task: str, seed: int, calib: int, engine: str) -> Optional[dict]:
+    """The seed's recorded check, if it is of the two runs' recorded checkpoints, with ``calib``
+    calibration images, by this version; else None."""
+    record = records.read(int8_record_path(task_records, seed, engine))
+    runs = _runs(task_records, task, seed)
+    if record is None or runs is None or record['calib'] != calib or \
+            not current(record['report']) or \
+            record['sources'] != {r: run['checkpoint']['sha256'] for r, run in runs.items()}:
+        return None
+    return record['report']
+
+
+def needs_checkpoint(task_records: str, task: str, calib: int, engines: Sequence[str]):
+    """For :meth:`.compare.Comparison.train`: the stock and DO-Conv-all runs of a seed are needed
+    on this machine while a check of that seed is not recorded."""
+    names = {config_name(TASKS[task]['configs'][i]) for i in (STOCK, ALL)}
+
+    def need(config, seed, record):
+        return config_name(config) in names and any(
+            recorded(task_records, task, seed, calib, e) is None for e in engines)
+
+    return need
+
+
 def check_seed(root: str, workspace: str, task: str, seed: int, calib: int,
-               engine: str = 'torch', log: Callable[[str], None] = print) -> dict:
-    """The quant_check report of the seed's DO-Conv-all model beside its stock model."""
+               engine: str = 'torch', log: Callable[[str], None] = print,
+               records_dir: Optional[str] = None) -> dict:
+    """The quant_check report of the seed's DO-Conv-all model beside its stock model: its record
+    (``records_dir``/``task``/int8, default ``workspace``/work_dirs/study/records) where it is of
+    the runs' recorded checkpoints, else checked from the checkpoints, which must be those, and
+    recorded."""
     study = osp.join(workspace, 'work_dirs', 'study', task)
+    task_records = osp.join(records_dir or osp.join(workspace, 'work_dirs', 'study', 'records'),
+                            task)
+    report = recorded(task_records, task, seed, calib, engine)
+    if report is not None:
+        return report
     out = report_path(study, seed, engine)
-    json_out = out[:-len('.md')] + '.json'
     stock, do_all = (osp.join(root, TASKS[task]['configs'][i]) for i in (STOCK, ALL))
-    checkpoints = dict(model=last_checkpoint(run_dir(study, do_all, seed)),
-                       baseline=last_checkpoint(run_dir(study, stock, seed)))
-    source = sources(**checkpoints)
-    # new, a run's checkpoint changed since, or written by a version without drop_from
-    if not (is_current(json_out, source) and current(json_out)):
-        work = osp.join(study, 'int8', f'seed{seed}' + ('' if engine == 'torch' else f'-{engine}'))
-        cmd = [sys.executable, osp.join(root, 'tools', 'quant_check.py'), do_all,
-               checkpoints['model'], '--baseline', stock, checkpoints['baseline'], '--calib',
-               str(calib), '--engine', engine, '--work-dir', work, '--out', out]
-        log(f'{task} seed {seed}: ' + ' '.join(cmd[1:]))
-        os.makedirs(osp.dirname(out), exist_ok=True)
-        with open(out[:-len('.md')] + '.log', 'a') as f:
-            subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
-        record_sources(json_out, source)
-    with open(json_out) as f:
-        return json.load(f)
+    runs = _runs(task_records, task, seed)
+    if runs is None:
+        raise RuntimeError(f'{task} seed {seed}: its stock and DO-Conv-all runs are not both '
+                           f'recorded in {task_records}; tools/study.py trains them first')
+    try:
+        checkpoints = dict(model=last_checkpoint(run_dir(study, do_all, seed)),
+                           baseline=last_checkpoint(run_dir(study, stock, seed)))
+    except FileNotFoundError:
+        raise RuntimeError(f'{task} seed {seed}: the int8 check ({engine}) is not recorded and '
+                           f'the runs\' checkpoints are not here; tools/study.py --int8 trains '
+                           f'them again first') from None
+    source = sources(**checkpoints)  # the runs' recorded checkpoints, or the records first
+    if any(source[r]['sha256'] != runs[r]['checkpoint']['sha256'] for r in source):
+        raise RuntimeError(f'{task} seed {seed}: the checkpoints {checkpoints} are not the ones '
+                           f'the runs\' records hold; tools/study.py records them first')
+    work = osp.join(study, 'int8', f'seed{seed}' + ('' if engine == 'torch' else f'-{engine}'))
+    cmd = [sys.executable, osp.join(root, 'tools', 'quant_check.py'), do_all,
+           checkpoints['model'], '--baseline', stock, checkpoints['baseline'], '--calib',
+           str(calib), '--engine', engine, '--work-dir', work, '--out', out]
+    log(f'{task} seed {seed}: ' + ' '.join(cmd[1:]))
+    os.makedirs(osp.dirname(out), exist_ok=True)
+    with open(out[:-len('.md')] + '.log', 'a') as f:
+        subprocess.run(cmd, cwd=workspace, check=True, stdout=f, stderr=subprocess.STDOUT)
+    with open(out[:-len('.md')] + '.json') as f:
+        report = json.load(f)
+    records.write(int8_record_path(task_records, seed, engine), dict(
+        calib=calib, sources={r: c['sha256'] for r, c in source.items()}, report=report,
+        machine=records.machine(), **records.commit(root)))
+    return report
 
 
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], calib: int = 32,
-             engine: str = 'torch', log: Callable[[str], None] = print) -> Dict:
-    """Every seed's check, and per figure the paired difference, DO-Conv - stock."""
-    reports = {seed: check_seed(root, workspace, task, seed, calib, engine, log)
+             engine: str = 'torch', log: Callable[[str], None] = print,
+             records_dir: Optional[str] = None) -> Dict:
+    """Every seed's check (:func:`check_seed`), and per figure the paired difference, DO-Conv -
+    stock."""
+    reports = {seed: check_seed(root, workspace, task, seed, calib, engine, log, records_dir)
                for seed in seeds}
     first = reports[seeds[0]]['models']['model']
     summary = dict(task=task, engine=engine, seeds=list(seeds), calib=calib,

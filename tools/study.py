@@ -14,16 +14,18 @@ train again beside it). --cfg-options change every fine-tuning run (e.g. a longe
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg);
 a fine-tuning run trained with other options, an edited config, another pretrained backbone or
 other package versions stops it with an error naming the run: --retrain trains such runs again.
-Noise predictions and int8 reports record the checkpoints they came from and are computed again
-when those change.
+Also printed: the training speed, each DO-Conv config's loss per third of the schedule and metric
+per validation against stock, paired by seed (experiments/speed.py;
+WORKSPACE/work_dirs/study/{det,seg}/speed.{md,json,png}), and README's table.
 --noise: then every run evaluated on IMAGES (default 512) new validation images of the same
 generator, and the paired differences split into a seed effect, an image effect shared by the
 seeds and their interaction, with the seeds and images a target interval needs and their
-intervals (experiments/noise.py;
-WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
+intervals (experiments/noise.py; WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
 --int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
 drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
+Both are recorded with the runs, tied to their checkpoints' hashes: a run whose evaluations are
+recorded is not needed on disk; one whose are not is trained again where its checkpoint is gone.
 """
 import argparse
 import os.path as osp
@@ -77,21 +79,26 @@ def main(argv=None):
     if bad:
         parser.error(f'--cfg-options takes KEY=VALUE, got {bad}')
     from mmengine.utils import ProgressBar
-    from experiments import noise
+    from experiments import noise, quant_study
     start, reports = time.perf_counter(), {}
     records = osp.abspath(args.records)
-    need_checkpoint = None  # the runs to have here, not only their records
-    if args.int8:
-        need_checkpoint = lambda config, seed, record: True  # noqa: E731
-    elif args.noise is not None:
-        need_checkpoint = noise.needs_checkpoint(args.noise)
+
+    def need_checkpoint(task):
+        """The recorded runs to have on this machine: those that --noise or --int8 has not
+        evaluated yet."""
+        needs = [noise.needs_checkpoint(args.noise)] if args.noise is not None else []
+        if args.int8:
+            needs.append(quant_study.needs_checkpoint(osp.join(records, task), task, args.calib,
+                                                      args.engines))
+        return lambda *run: any(need(*run) for need in needs)
+
     for task in args.tasks:
         bar = ProgressBar(len(TASKS[task]['configs']) * len(args.seeds))
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError):
             reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
                                      args.cfg_options, log=lambda msg: print('\n' + msg),
                                      progress=bar.update, retrain=args.retrain,
-                                     records_dir=records, need_checkpoint=need_checkpoint)
+                                     records_dir=records, need_checkpoint=need_checkpoint(task))
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
@@ -113,12 +120,13 @@ def main(argv=None):
         print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
     print(f'\n## summary (README)\n\n{summary(reports, results)}')
     if args.int8:
-        from experiments import quant_study
         workspace = osp.abspath(args.workspace)
         for engine in args.engines:
-            with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError):
+            with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError,
+                                 RuntimeError):
                 summaries = [quant_study.run_task(ROOT, workspace, task, args.seeds, args.calib,
-                                                  engine) for task in args.tasks]
+                                                  engine, records_dir=records)
+                             for task in args.tasks]
             table = quant_study.markdown(summaries)
             name = 'int8.md' if engine == 'torch' else f'int8.{engine}.md'
             path = osp.join(workspace, 'work_dirs', 'study', name)

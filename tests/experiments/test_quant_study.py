@@ -1,19 +1,26 @@
 """experiments/quant_study.py's summary: per-seed reports (as tools/quant_check.py writes them)
-paired by seed, against hand-computed differences; a report made again when a run's checkpoint
-changes, and only then."""
+paired by seed, against hand-computed differences; each recorded with the runs, read from the
+records when the runs are gone, and made again when a run's checkpoint changes, and only then."""
 import json
 import os.path as osp
+import shutil
+import subprocess
 
 import pytest
 
-from experiments import quant_study
+from experiments import quant_study, records
 from experiments.compare import config_name
-from experiments.fingerprint import record_sources, sources
+from experiments.fingerprint import file_id
+
+REAL_RUN = subprocess.run
+
+
+RECORDS = osp.join('work_dirs', 'study', 'records')  # the study's records, by default
 
 
 def finished_runs(tmp_path, task, seeds, checkpoint='epoch_6.pth'):
-    """The stock and DO-Conv-all runs of each seed, a checkpoint each; returns their paths by
-    (role, seed)."""
+    """The stock and DO-Conv-all runs of each seed, a checkpoint each, recorded (the part of a
+    record read here); returns their paths by (role, seed)."""
     paths = {}
     for role, index in (('baseline', quant_study.STOCK), ('model', quant_study.ALL)):
         name = config_name(quant_study.TASKS[task]['configs'][index])
@@ -23,13 +30,17 @@ def finished_runs(tmp_path, task, seeds, checkpoint='epoch_6.pth'):
             (run / checkpoint).write_bytes(f'{name} {seed} {checkpoint}'.encode())
             (run / 'last_checkpoint').write_text(str(run / checkpoint))
             paths[role, seed] = str(run / checkpoint)
+            records.write(records.record_path(str(tmp_path / RECORDS / task), name, seed), dict(
+                config=name, seed=seed, checkpoint=dict(name=checkpoint,
+                                                        **file_id(str(run / checkpoint)))))
     return paths
 
 
-def made_from(report_json, paths, seed):
-    """Record a report as made from the seed's two runs, as check_seed does."""
-    record_sources(str(report_json), sources(model=paths['model', seed],
-                                             baseline=paths['baseline', seed]))
+def recorded_check(tmp_path, task, seed, paths, report, engine='torch', calib=32):
+    """Record a report as the check of the seed's two runs, as check_seed does."""
+    hashes = {role: file_id(paths[role, seed])['sha256'] for role in ('model', 'baseline')}
+    records.write(quant_study.int8_record_path(str(tmp_path / RECORDS / task), seed, engine),
+                  dict(calib=calib, report=report, sources=hashes))
 
 
 def report(fp32, drops, sqnr, out=((40.0, 30.0), (41.0, 31.0))):
@@ -46,18 +57,15 @@ def report(fp32, drops, sqnr, out=((40.0, 30.0), (41.0, 31.0))):
 
 
 def test_summary_pairs_the_drops_by_seed(tmp_path):
-    int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
-    int8.mkdir(parents=True)
+    paths = finished_runs(tmp_path, 'det', [0, 1])
     # seed 0: DO-Conv drops 0.010 / 0.030, stock 0.005 / 0.020;
     # seed 1: DO-Conv 0.020 / 0.040, stock 0.005 / 0.010
-    (int8 / 'seed0.json').write_text(json.dumps(report(
-        (0.30, 0.28), ((0.010, 0.030), (0.005, 0.020)), (40.0, 41.0))))
-    (int8 / 'seed1.json').write_text(json.dumps(report(
+    recorded_check(tmp_path, 'det', 0, paths, report(
+        (0.30, 0.28), ((0.010, 0.030), (0.005, 0.020)), (40.0, 41.0)))
+    recorded_check(tmp_path, 'det', 1, paths, report(
         (0.32, 0.30), ((0.020, 0.040), (0.005, 0.010)), (39.0, 41.5),
-        ((38.0, 27.0), (41.0, 30.0)))))
-    paths = finished_runs(tmp_path, 'det', [0, 1])
-    for seed in (0, 1):
-        made_from(int8 / f'seed{seed}.json', paths, seed)
+        ((38.0, 27.0), (41.0, 30.0))))
+    shutil.rmtree(tmp_path / 'work_dirs' / 'study' / 'det')  # the runs gone, their records kept
     s = quant_study.run_task('unused-root', str(tmp_path), 'det', [0, 1])  # both read, none run
     assert s['metric'] == 'coco/bbox_mAP'
     assert s['paired']['fp32']['diffs'] == pytest.approx([0.02, 0.02], abs=1e-12)
@@ -98,18 +106,15 @@ def engine_report(fp32, drop, sqnr, layer, ms, export=(0.0, 0.0)):
 
 
 def test_engine_summary_pairs_by_seed_and_reads_its_own_files(tmp_path):
-    int8 = tmp_path / 'work_dirs' / 'study' / 'seg' / 'int8'
-    int8.mkdir(parents=True)
-    (int8 / 'seed0.onnxruntime.json').write_text(json.dumps(engine_report(
-        (80.0, 81.0), (0.5, 0.25), (30.0, 31.0), (28.0, 29.0), ((10.0, 12.0), (11.0, 12.5)),
-        export=(0.02, 0.0))))
-    (int8 / 'seed1.onnxruntime.json').write_text(json.dumps(engine_report(
-        (79.0, 79.5), (0.75, 0.25), (29.0, 31.0), (27.5, 29.0), ((10.5, 12.0), (10.0, 12.0)))))
-    # the simulation's reports of the same seeds are other files: not read here
-    (int8 / 'seed0.json').write_text('not this one')
     paths = finished_runs(tmp_path, 'seg', [0, 1])
-    for seed in (0, 1):
-        made_from(int8 / f'seed{seed}.onnxruntime.json', paths, seed)
+    recorded_check(tmp_path, 'seg', 0, paths, engine_report(
+        (80.0, 81.0), (0.5, 0.25), (30.0, 31.0), (28.0, 29.0), ((10.0, 12.0), (11.0, 12.5)),
+        export=(0.02, 0.0)), engine='onnxruntime')
+    recorded_check(tmp_path, 'seg', 1, paths, engine_report(
+        (79.0, 79.5), (0.75, 0.25), (29.0, 31.0), (27.5, 29.0), ((10.5, 12.0), (10.0, 12.0))),
+        engine='onnxruntime')
+    # the simulation's records of the same seeds are other files: not read here
+    recorded_check(tmp_path, 'seg', 0, paths, dict(models={}))
     s = quant_study.run_task('unused-root', str(tmp_path), 'seg', [0, 1], engine='onnxruntime')
     assert s['engine'] == 'onnxruntime' and s['metric'] == 'mIoU'
     p = s['paired']
@@ -140,7 +145,9 @@ def test_a_report_is_made_again_when_a_run_changes(tmp_path, monkeypatch):
     paths = finished_runs(tmp_path, 'det', [0])
     made = []
 
-    def quant_check(cmd, cwd=None, check=False, stdout=None, stderr=None):
+    def quant_check(cmd, cwd=None, check=False, stdout=None, stderr=None, **kwargs):
+        if cmd[0] == 'git':  # the record's commit
+            return REAL_RUN(cmd, cwd=cwd, check=check, stdout=stdout, stderr=stderr, **kwargs)
         made.append((cmd[3], cmd[cmd.index('--baseline') + 2]))
         out = cmd[cmd.index('--out') + 1]
         with open(out[:-len('.md')] + '.json', 'w') as f:
@@ -156,26 +163,43 @@ def test_a_report_is_made_again_when_a_run_changes(tmp_path, monkeypatch):
     again = quant_study.check_seed('root', str(tmp_path), 'det', 0, 8, log=lambda msg: None)
     assert made[1] == (resumed['model', 0], resumed['baseline', 0])
     assert again['models']['model']['metrics']['fp32']['coco/bbox_mAP'] == pytest.approx(0.32)
-    int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
-    recorded = json.loads((int8 / 'seed0.json.sources.json').read_text())
-    assert recorded['model']['path'] == resumed['model', 0] and osp.isfile(int8 / 'seed0.json')
+    recorded = json.loads(open(quant_study.int8_record_path(
+        str(tmp_path / RECORDS / 'det'), 0, 'torch')).read())
+    assert recorded['sources'] == {role: file_id(resumed[role, 0])['sha256']
+                                   for role in ('model', 'baseline')}
+    assert recorded['report'] == again and recorded['calib'] == 8
+    assert recorded['machine'] == records.machine()
+    # the runs gone: the recorded check is read; with another calibration size it cannot be made
+    shutil.rmtree(tmp_path / 'work_dirs' / 'study' / 'det')
+    assert quant_study.check_seed('root', str(tmp_path), 'det', 0, 8, log=lambda m: None) == again
+    with pytest.raises(RuntimeError, match=r"^det seed 0: the int8 check \(torch\) is not recorded "
+                       r"and the runs' checkpoints are not here; tools/study.py --int8 trains "
+                       r"them again first$"):
+        quant_study.check_seed('root', str(tmp_path), 'det', 0, 16, log=lambda m: None)
+    need = quant_study.needs_checkpoint(str(tmp_path / RECORDS / 'det'), 'det', 8, ['torch'])
+    configs = quant_study.TASKS['det']['configs']
+    assert not need(configs[quant_study.ALL], 0, None)  # recorded
+    assert need(configs[quant_study.ALL], 0, None) == need(configs[quant_study.STOCK], 0, None)
+    assert need(configs[quant_study.ALL], 1, None)  # seed 1: nothing recorded
+    assert not need(configs[1], 1, None)  # DO-Conv head is not checked
+    assert quant_study.needs_checkpoint(str(tmp_path / RECORDS / 'det'), 'det', 8, [
+        'torch', 'onnxruntime'])(configs[quant_study.ALL], 0, None)  # no engine check recorded
 
 
 def test_a_report_of_an_earlier_version_is_checked_again(tmp_path, monkeypatch):
     """A report without ``drop_from`` (drops all from PyTorch fp32, weight SQNR before BN folding)
     is not read: the seed's check runs again, and its new report is what the summary reads."""
     paths = finished_runs(tmp_path, 'det', [0])
-    int8 = tmp_path / 'work_dirs' / 'study' / 'det' / 'int8'
-    int8.mkdir(parents=True)
     stale = report((0.30, 0.28), ((0.010, 0.030), (0.005, 0.020)), (40.0, 41.0))
     for m in stale['models'].values():
         del m['drop_from']
-    (int8 / 'seed0.json').write_text(json.dumps(stale))
-    made_from(int8 / 'seed0.json', paths, 0)  # from the runs' current checkpoints
+    recorded_check(tmp_path, 'det', 0, paths, stale)  # of the runs' current checkpoints
     fresh = report((0.30, 0.28), ((0.020, 0.030), (0.005, 0.020)), (40.0, 41.0))
     commands = []
 
     def fake_run(cmd, **kwargs):  # what tools/quant_check.py writes: the JSON beside --out
+        if cmd[0] == 'git':  # the record's commit
+            return REAL_RUN(cmd, **kwargs)
         commands.append(cmd)
         out = cmd[cmd.index('--out') + 1]
         with open(out[:-len('.md')] + '.json', 'w') as f:
