@@ -25,10 +25,11 @@ demo-seg: setup
 	$(PY) tools/demo.py --task seg
 
 # Pretrain a plain backbone, fine-tune stock / DO-Conv head / DO-Conv all over 3 seeds, paired
-# comparison (det and seg, toy data; docs/study.md), then int8 of DO-Conv all vs stock per seed
-# (docs/quantization.md)
+# comparison (det and seg, toy data; docs/study.md), each run on 512 new validation images, then
+# int8 of DO-Conv all vs stock per seed (docs/quantization.md). Reports from the committed records
+# (experiments/records/) and trains only what they lack.
 study: setup
-	$(PY) tools/study.py --int8
+	$(PY) tools/study.py --noise --int8
 
 bench: setup
 	$(PY) tools/benchmark.py --json work_dirs/benchmark.json

@@ -117,8 +117,10 @@ def plot(speed: dict, path: str) -> None:
     for ax in axes:
         ax.axhline(0, color='black', linewidth=0.8)
         ax.grid(alpha=0.3)
-    axes[0].set(xlabel='iteration', ylabel=f"training loss - {speed['baseline']}")
-    axes[1].set(xlabel='validation step', ylabel=f"{speed['metric']} - baseline")
+    axes[0].set(xlabel='iteration', ylabel='training loss, config - baseline')
+    axes[1].set(xlabel='validation step', ylabel=f"{speed['metric']}, config - baseline")
+    fig.suptitle(f"paired by seed against {speed['baseline']}: mean over {len(speed['seeds'])} "
+                 'seeds, 95% band', fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
