@@ -414,8 +414,10 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, out_prefix: str) -> List[str]:
-    """``out_prefix``.md, .json and .png, written whole, all three or none."""
-    return write_files({out_prefix + '.md': markdown(report) + '\n',
+def write_report(report: dict, out_prefix: str, to_markdown=None, to_plot=None) -> List[str]:
+    """``out_prefix``.md (``to_markdown(report)``, default :func:`markdown`), .json and .png
+    (``to_plot(report, path)``, default :func:`plot`), written whole, all three or none."""
+    to_markdown, to_plot = to_markdown or markdown, to_plot or plot
+    return write_files({out_prefix + '.md': to_markdown(report) + '\n',
                         out_prefix + '.json': json.dumps(report, indent=1),
-                        out_prefix + '.png': lambda tmp: plot(report, tmp)})
+                        out_prefix + '.png': lambda tmp: to_plot(report, tmp)})

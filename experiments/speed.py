@@ -12,12 +12,10 @@ For every config against the first, from a comparison's report
 Each quantity is a per-seed difference (config - baseline, same seed), summarised by
 :func:`.paired_stats.paired` (mean, 95% interval, paired t-test p, minimum detectable effect).
 """
-import json
 import statistics
 from typing import List, Sequence
 
-from doconv_mm.atomic import write_files
-
+from .compare import write_report
 from .paired_stats import paired
 
 
@@ -129,6 +127,4 @@ def plot(speed: dict, path: str) -> None:
 
 def write(speed: dict, out_prefix: str) -> List[str]:
     """``out_prefix``.md, .json and .png, all three or none."""
-    return write_files({out_prefix + '.md': markdown(speed) + '\n',
-                        out_prefix + '.json': json.dumps(speed, indent=1),
-                        out_prefix + '.png': lambda tmp: plot(speed, tmp)})
+    return write_report(speed, out_prefix, markdown, plot)
