@@ -191,7 +191,11 @@ def summary(reports: Dict[str, dict], noise_results: Sequence[dict] = ()) -> str
                 cells.append(f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, "
                              f"{d['ci_high']:+.{digits}f}], {d['p']:.3f}")
             lines.append(f'| {label} | {images} | ' + ' | '.join(cells) + ' |')
-        every += [dict(m) for m in report['machines']]
+        every += report['machines']
+    merged = {}  # the machines of all tasks, each once
+    for m in every:
+        merged.setdefault(m['id'], dict(m, runs=0))['runs'] += m['runs']
+    every = list(merged.values())
     runs = sum(m['runs'] for m in every)
     commits = sorted({c for report in reports.values() for c in report['commits']})
     lines += ['', f'{runs} fine-tuning runs, recorded at {", ".join(commits) or "unknown"}, from '

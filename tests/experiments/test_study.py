@@ -213,6 +213,9 @@ def test_summary_is_readmes_table_from_the_reports():
     assert lines[3].startswith('| det, Faster R-CNN R18-FPN, bbox mAP | 512 | 0.2000 ± 0.1000 |')
     assert lines[5] == ('9 fine-tuning runs, recorded at abc1234, from Some CPU (avx2, 2 CPUs, '
                         'id abcdef012345): 9.')
+    both = study.summary({'det': report, 'seg': report}).splitlines()
+    assert both[-1].startswith('18 fine-tuning runs, recorded at abc1234, from Some CPU (') and \
+        both[-1].endswith('id abcdef012345): 18.')  # one machine, named once
     seg = study.summary({'seg': dict(report, baseline='stock')}).splitlines()
     assert seg[2].startswith('| seg, DeepLabv3 R18-D8, mIoU | 8 | 0.30 ± 0.10 | +0.01 [-0.03, ')
     assert len(seg) == 5  # no large split given: one row
