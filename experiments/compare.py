@@ -35,7 +35,7 @@ from doconv_mm.atomic import write_files
 from . import records
 from .records import describe
 from .fingerprint import (FILE, differences, read_fingerprint, resolved_config, run_fingerprint,
-                          write_fingerprint)
+                          training_code, write_fingerprint)
 from .kernels import kernel_env
 from .paired_stats import paired
 
@@ -283,14 +283,20 @@ class Comparison:
         """The commands that would finish every run not finished yet."""
         return [self.command(c, s, state == 'resumable') for c, s, _, state in self.pending()]
 
-    def train(self, progress=None, need_checkpoint=None) -> None:
+    def train(self, progress=None, need_checkpoint=None, after_seed=None) -> None:
         """Train every run not finished yet (and, where ``need_checkpoint(config, seed,
         record)``, every recorded run whose folder is not here), one after the other, with the
         CPU kernels pinned (:func:`.kernels.kernel_env`), each recorded when it finishes; each
         run's output goes to ``compare_train.log`` in its folder. ``progress`` is called after
-        every run."""
-        for config, seed, work_dir, state in self._prepare(need_checkpoint):
+        every run, ``after_seed(seed)`` after the last run of every seed (to evaluate a seed's
+        runs while their checkpoints are here, before the next seed trains)."""
+        plan = self._prepare(need_checkpoint)
+        for k, (config, seed, work_dir, state) in enumerate(plan):
             if state in ('new', 'resumable'):
+                changed = differences(self.fingerprint(config, seed)['code'], training_code())
+                if changed:  # edited while this command runs: the run would not be its own
+                    raise RuntimeError(f'the training code changed since this command started '
+                                       f'({"; ".join(changed)}); run it again')
                 log = osp.join(work_dir, 'compare_train.log')
                 with open(log, 'a') as f:
                     proc = subprocess.run(self.command(config, seed, state == 'resumable'),
@@ -304,6 +310,8 @@ class Comparison:
                 self._write_record(config, seed)
             if progress is not None:
                 progress()
+            if after_seed is not None and (k + 1 == len(plan) or plan[k + 1][1] != seed):
+                after_seed(seed)
 
     def collect(self) -> dict:
         """The report of every run, from the records (every run must be recorded with this

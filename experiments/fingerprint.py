@@ -2,7 +2,8 @@
 
 A training run's fingerprint: its config as resolved after ``--cfg-options``, its seed, the
 checkpoint files that config loads (e.g. the study's pretrained backbone), by content, and the
-versions of the packages that train it (torch, mmengine, mmcv, mmdet or mmseg, doconv_mm), and the
+versions of the packages that train it (torch, mmengine, mmcv, mmdet or mmseg, doconv_mm), the
+content of this checkout's files that train it and make its data (:func:`training_code`), and the
 settings that pin its CPU kernels (:data:`.kernels.KERNEL_ENV`).
 :class:`.compare.Comparison` writes it into the run's folder before the run starts and reads or
 resumes the run only while the command's fingerprint is the same.
@@ -11,10 +12,13 @@ A derived output (the noise study's predictions, an int8 report) records the che
 computed from, by size and content hash, in ``<output>.sources.json``; it is computed again when
 they change (a run resumed to a longer schedule, or trained again).
 """
+import functools
 import hashlib
 import json
 import os
 import os.path as osp
+import subprocess
+import sys
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
@@ -25,6 +29,17 @@ from .kernels import KERNEL_ENV
 FILE = 'fingerprint.json'
 PACKAGES = ('torch', 'mmengine', 'mmcv')  # and the toolkit of the config's scope
 TOOLKITS = ('mmdet', 'mmseg')
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# the tools a run's processes start from: the trainer, and the maker of the toy data it reads
+ENTRY_POINTS = ('tools/train.py', 'tools/make_toy_data.py')
+_LOADED = """import importlib.util, json, sys
+for path in sys.argv[1:]:
+    spec = importlib.util.spec_from_file_location('entry', path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+import doconv_mm  # what custom_imports loads
+files = {getattr(m, '__file__', None) or '' for m in list(sys.modules.values())}
+print(json.dumps([sys.prefix, sorted(files)]))
+"""
 
 
 def resolved_config(config: str, cfg_options: Sequence[str] = ()) -> dict:
@@ -79,6 +94,37 @@ def versions(scope: Optional[str] = None) -> Dict[str, Optional[str]]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _loaded_files(root: str) -> tuple:
+    """The files under ``root`` that a fresh process loads with :data:`ENTRY_POINTS` and
+    ``doconv_mm`` (their ``main`` does not run), relative to ``root``; not the installed
+    packages (a virtual environment inside the checkout)."""
+    proc = subprocess.Popen([sys.executable, '-c', _LOADED,
+                             *(osp.join(root, e) for e in ENTRY_POINTS)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f'listing the training code of {root} failed: '
+                           f'{err.strip().splitlines()[-1:]}')
+    prefix, loaded = json.loads(out.splitlines()[-1])
+    files = [osp.relpath(f, root) for f in loaded if osp.isabs(f)
+             and f.startswith(osp.join(root, '')) and not f.startswith(osp.join(prefix, ''))]
+    return tuple(sorted(set(files) | set(ENTRY_POINTS)))
+
+
+def training_code(root: str = ROOT) -> Dict[str, str]:
+    """The checkout's code that trains a run and makes its toy data: per file a process started
+    from :data:`ENTRY_POINTS` loads from ``root`` (doconv_mm's modules among them; not those
+    training never imports, such as the ONNX engine), the SHA-256 of its content (first 16 hex
+    digits). The list of files is found once per process, the content hashed at every call."""
+    root = osp.abspath(root)
+    out = {}
+    for rel in _loaded_files(root):
+        with open(osp.join(root, rel), 'rb') as f:
+            out[rel] = hashlib.sha256(f.read()).hexdigest()[:16]
+    return out
+
+
 def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None,
                     known: Optional[Dict[str, dict]] = None) -> dict:
     """The fingerprint of a run of the resolved config ``cfg`` with ``seed``, trained in
@@ -88,7 +134,8 @@ def run_fingerprint(cfg: dict, seed: int, cwd: Optional[str] = None,
     a file that is here is hashed)."""
     return dict(config=cfg, seed=seed,
                 checkpoints=_loaded_checkpoints(cfg, cwd or os.getcwd(), known or {}),
-                versions=versions(cfg.get('default_scope')), kernels=dict(KERNEL_ENV))
+                versions=versions(cfg.get('default_scope')), code=training_code(),
+                kernels=dict(KERNEL_ENV))
 
 
 def _flat(value, prefix: str = '') -> Dict[str, object]:

@@ -265,6 +265,37 @@ def needs_checkpoint(images: int):
     return lambda config, seed, record: evaluated(record, images) is None
 
 
+def _sizes(task: str, images: int) -> List[int]:
+    """The subset sizes the large split is scored in: the study's validation size, doubled while
+    four subsets or more fit."""
+    n = SPLITS[task]['study_images']
+    return [n * 2 ** k for k in range(int(math.log2(images // n)) + 1)
+            if images // (n * 2 ** k) >= 4]
+
+
+def evaluate_run(root: str, workspace: str, task: str, config: str, seed: int, images: int,
+                 log=print, records_dir: Optional[str] = None) -> dict:
+    """The run's evaluation on ``images`` new validation images, from its record
+    (``records_dir``/``task``, default ``workspace``/work_dirs/study/records), or evaluated from
+    its checkpoint and its record completed."""
+    task_records = osp.join(records_dir or osp.join(workspace, 'work_dirs', 'study', 'records'),
+                            task)
+    name = config_name(config)
+    path = record_path(task_records, name, seed)
+    record = read_record(path)
+    if record is None:
+        raise RuntimeError(f'{task}: {name} seed {seed} has no record ({path}); '
+                           f'tools/study.py trains it first')
+    large = evaluated(record, images)
+    if large is None:
+        data = osp.join(workspace, SPLITS[task]['data'] + f'_{images}')
+        large = _evaluate(root, workspace, task, config, seed, images, data,
+                          _sizes(task, images), record, log)
+        record['large'] = {**record.get('large', {}), str(images): large}
+        write_record(path, record)
+    return large
+
+
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images: int,
              log=print, records_dir: Optional[str] = None) -> dict:
     """Decompose each DO-Conv config's paired difference against stock on ``images`` new
@@ -272,27 +303,12 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int], images:
     ``workspace``/work_dirs/study/records): a run whose record lacks that evaluation is evaluated
     from its checkpoint, and its record completed."""
     spec, split = TASKS[task], SPLITS[task]
-    task_records = osp.join(records_dir or osp.join(workspace, 'work_dirs', 'study', 'records'),
-                            task)
-    data = osp.join(workspace, split['data'] + f'_{images}')
-    n = split['study_images']
-    sizes = [n * 2 ** k for k in range(int(math.log2(images // n)) + 1) if images // (n * 2 ** k)
-             >= 4]
+    n, sizes = split['study_images'], _sizes(task, images)
     values = {}  # config -> seed -> {'full': metric, size: [metric per subset]}
     for config in spec['configs']:
         name = config_name(config)
         for seed in seeds:
-            path = record_path(task_records, name, seed)
-            record = read_record(path)
-            if record is None:
-                raise RuntimeError(f'{task}: {name} seed {seed} has no record ({path}); '
-                                   f'tools/study.py trains it first')
-            large = evaluated(record, images)
-            if large is None:
-                large = _evaluate(root, workspace, task, config, seed, images, data, sizes,
-                                  record, log)
-                record['large'] = {**record.get('large', {}), str(images): large}
-                write_record(path, record)
+            large = evaluate_run(root, workspace, task, config, seed, images, log, records_dir)
             values.setdefault(name, {})[seed] = {
                 'full': large['full'], **{size: large['subsets'][str(size)] for size in sizes}}
     names = [config_name(c) for c in spec['configs']]

@@ -1,7 +1,8 @@
 """The paper's protocol at toy scale: pretrain a plain backbone, fine-tune stock vs DO-Conv head
-vs DO-Conv all from it over seeds, compare paired by seed (experiments/study.py does the work).
+vs DO-Conv all from it over seeds (default: the sized study's, 12 for det and 6 for seg), compare
+paired by seed (experiments/study.py does the work).
 
-    python tools/study.py [--tasks det seg] [--seeds 0 1 2] [--workspace DIR] [--records DIR]
+    python tools/study.py [--tasks det seg] [--seeds S ...] [--workspace DIR] [--records DIR]
                           [--cfg-options k=v ...] [--retrain] [--noise [IMAGES]]
                           [--int8 [--calib N] [--engines E ...]]
 
@@ -12,18 +13,21 @@ stopped anywhere continues from them in a later session, on this machine or anot
 configs of a seed train on one machine: where one of them trains, those another machine recorded
 train again beside it). --cfg-options change every fine-tuning run (e.g. a longer schedule:
 train_cfg.max_epochs=12 for det, train_cfg.max_iters=300 param_scheduler.0.end=300 for seg);
-a fine-tuning run trained with other options, an edited config, another pretrained backbone or
-other package versions stops it with an error naming the run: --retrain trains such runs again.
+a fine-tuning run trained with other options, an edited config, another pretrained backbone,
+other package versions or other training code (this checkout's files a training loads, by
+content) stops it with an error naming the run and what differs: --retrain trains such runs again.
 Also printed: the training speed, each DO-Conv config's loss per third of the schedule and metric
 per validation against stock, paired by seed (experiments/speed.py;
 WORKSPACE/work_dirs/study/{det,seg}/speed.{md,json,png}), and README's table.
---noise: then every run evaluated on IMAGES (default 512) new validation images of the same
+--noise: every run evaluated on IMAGES (default 512) new validation images of the same
 generator, and the paired differences split into a seed effect, an image effect shared by the
 seeds and their interaction, with the seeds and images a target interval needs and their
 intervals (experiments/noise.py; WORKSPACE/work_dirs/study/{det,seg}/noise.{md,json}).
---int8: then tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the
-drops paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
+--int8: tools/quant_check.py on each seed's DO-Conv-all model beside its stock model, the drops
+paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
+A seed's runs are evaluated (--noise, --int8) as soon as the seed is trained, so that a study
+stopped anywhere keeps every finished seed complete in its records.
 Both are recorded with the runs, tied to their checkpoints' hashes: a run whose evaluations are
 recorded is not needed on disk; one whose are not is trained again where its checkpoint is gone.
 """
@@ -39,14 +43,16 @@ from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
 from experiments import speed  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
-from experiments.study import TASKS, run_task, summary  # noqa: E402
+from experiments.study import SEEDS, TASKS, run_task, summary  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--seeds', type=int, nargs='+', default=None,
+                        help='default: the sized study\'s, per task (' + '; '.join(
+                            f'{t}: {s[0]}-{s[-1]}' for t, s in SEEDS.items()) + ')')
     parser.add_argument('--workspace', default=ROOT,
                         help='where data/ and work_dirs/ go (default: the checkout)')
     parser.add_argument('--records', default=osp.join(ROOT, 'experiments', 'records'),
@@ -69,7 +75,7 @@ def main(argv=None):
                         default=['torch', 'onnxruntime'],
                         help='--int8: the quant_check engines to run (default both)')
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) < 2:
+    if args.seeds is not None and len(set(args.seeds)) < 2:
         parser.error(f'--seeds: need two or more distinct seeds for a paired test, '
                      f'got {args.seeds}')
     if args.noise is not None and args.noise < 64:
@@ -81,7 +87,8 @@ def main(argv=None):
     from mmengine.utils import ProgressBar
     from experiments import noise, quant_study
     start, reports = time.perf_counter(), {}
-    records = osp.abspath(args.records)
+    records, workspace = osp.abspath(args.records), osp.abspath(args.workspace)
+    seeds = {task: args.seeds or SEEDS[task] for task in args.tasks}
 
     def need_checkpoint(task):
         """The recorded runs to have on this machine: those that --noise or --int8 has not
@@ -92,27 +99,41 @@ def main(argv=None):
                                                       args.engines))
         return lambda *run: any(need(*run) for need in needs)
 
+    def after_seed(task):
+        """Evaluate a seed's runs as soon as they are trained, so that every seed a study
+        finishes is complete in its records."""
+        def evaluate(seed):
+            if args.noise is not None:
+                for config in TASKS[task]['configs']:
+                    noise.evaluate_run(ROOT, workspace, task, config, seed, args.noise,
+                                       log=lambda msg: print('\n' + msg), records_dir=records)
+            for engine in args.engines if args.int8 else ():
+                quant_study.check_seed(ROOT, workspace, task, seed, args.calib, engine,
+                                       log=lambda msg: print('\n' + msg), records_dir=records)
+        return evaluate
+
     for task in args.tasks:
-        bar = ProgressBar(len(TASKS[task]['configs']) * len(args.seeds))
-        with one_line_errors(osp.basename(__file__), ValueError, RuntimeError):
-            reports[task] = run_task(ROOT, osp.abspath(args.workspace), task, args.seeds,
-                                     args.cfg_options, log=lambda msg: print('\n' + msg),
-                                     progress=bar.update, retrain=args.retrain,
-                                     records_dir=records, need_checkpoint=need_checkpoint(task))
+        bar = ProgressBar(len(TASKS[task]['configs']) * len(seeds[task]))
+        with one_line_errors(osp.basename(__file__), ValueError, RuntimeError,
+                             subprocess.CalledProcessError):
+            reports[task] = run_task(ROOT, workspace, task, seeds[task], args.cfg_options,
+                                     log=lambda msg: print('\n' + msg), progress=bar.update,
+                                     retrain=args.retrain, records_dir=records,
+                                     need_checkpoint=need_checkpoint(task),
+                                     after_seed=after_seed(task))
         print()
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
         train_speed = speed.compare_speed(report)
-        paths = speed.write(train_speed, osp.join(osp.abspath(args.workspace), 'work_dirs',
-                                                  'study', task, 'speed'))
+        paths = speed.write(train_speed, osp.join(workspace, 'work_dirs', 'study', task,
+                                                  'speed'))
         print(f'\n## {task}, training speed\n\n{speed.markdown(train_speed)}\n\nwrote '
               + ', '.join(paths))
     results = []
     if args.noise is not None:
-        workspace = osp.abspath(args.workspace)
         with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError,
                              RuntimeError):
-            results = [noise.run_task(ROOT, workspace, task, args.seeds, args.noise,
+            results = [noise.run_task(ROOT, workspace, task, seeds[task], args.noise,
                                       log=lambda msg: print(msg), records_dir=records)
                        for task in args.tasks]
         paths = [path for r in results for path in noise.write(
@@ -120,11 +141,10 @@ def main(argv=None):
         print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
     print(f'\n## summary (README)\n\n{summary(reports, results)}')
     if args.int8:
-        workspace = osp.abspath(args.workspace)
         for engine in args.engines:
             with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError,
                                  RuntimeError):
-                summaries = [quant_study.run_task(ROOT, workspace, task, args.seeds, args.calib,
+                summaries = [quant_study.run_task(ROOT, workspace, task, seeds[task], args.calib,
                                                   engine, records_dir=records)
                              for task in args.tasks]
             table = quant_study.markdown(summaries)

@@ -8,12 +8,15 @@ import os
 import os.path as osp
 import subprocess
 
+import shutil
+
 import pytest
 
 from experiments import compare
 from experiments.compare import Comparison, StaleRun
-from experiments.fingerprint import (FILE, differences, is_current, read_fingerprint,
-                                     record_sources, resolved_config, run_fingerprint, sources)
+from experiments.fingerprint import (FILE, ROOT, differences, is_current, read_fingerprint,
+                                     record_sources, resolved_config, run_fingerprint, sources,
+                                     training_code)
 
 BASE = '''train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=2)
 optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.02, momentum=0.9))
@@ -67,11 +70,46 @@ def test_run_fingerprint_holds_the_loaded_checkpoint_by_content(tmp_path):
     assert {'mmdet', 'mmseg'} <= set(fp['versions'])  # the config names no toolkit
     seg = run_fingerprint(dict(default_scope='mmseg'), 0)['versions']
     assert 'mmseg' in seg and 'mmdet' not in seg
+    assert fp['code'] == training_code()  # this checkout's training code, by content
     # the CPU kernels it trains with (experiments/kernels.py)
     assert fp['kernels'] == {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '2'}
     # a checkpoint the config names but that is not there is not part of it
     assert run_fingerprint(resolved_config(doconv), 4, cwd=str(tmp_path / 'configs'))[
         'checkpoints'] == {}
+
+
+def test_training_code_is_the_checkouts_files_a_run_loads_by_content(tmp_path):
+    code = training_code()
+    # the trainer, the toy-data maker and what they and custom_imports load of doconv_mm
+    assert {'tools/train.py', 'tools/make_toy_data.py', 'experiments/toy_data.py',
+            'doconv_mm/__init__.py', 'doconv_mm/core/do_conv.py', 'doconv_mm/mm/registry.py',
+            'doconv_mm/mm/runtime.py'} <= set(code)
+    # not what training never imports, nor the installed packages
+    assert not {'doconv_mm/mm/onnx_engine.py', 'doconv_mm/mm/quant_check.py',
+                'experiments/compare.py', 'tools/test.py'} & set(code)
+    assert all(not osp.isabs(f) and osp.isfile(osp.join(ROOT, f)) and 'site-packages' not in f
+               for f in code)
+    for rel, digest in code.items():
+        with open(osp.join(ROOT, rel), 'rb') as f:
+            assert digest == hashlib.sha256(f.read()).hexdigest()[:16]
+    # in a copy of the checkout: an edit to a file training loads changes its entry only, and
+    # the fingerprints' differences name it; an edit to another file changes nothing
+    copy = tmp_path / 'checkout'
+    for part in ('doconv_mm', 'tools', 'experiments'):
+        shutil.copytree(osp.join(ROOT, part), copy / part,
+                        ignore=shutil.ignore_patterns('__pycache__'))
+    before = training_code(str(copy))
+    assert before == code
+    with open(copy / 'doconv_mm' / 'mm' / 'onnx_engine.py', 'a') as f:
+        f.write('# not loaded by training\n')
+    assert training_code(str(copy)) == before
+    with open(copy / 'doconv_mm' / 'core' / 'do_conv.py', 'a') as f:
+        f.write('# an edit\n')
+    after = training_code(str(copy))
+    assert {k for k in before if before[k] != after[k]} == {'doconv_mm/core/do_conv.py'}
+    assert differences(dict(code=before), dict(code=after)) == [
+        f'code.doconv_mm/core/do_conv.py: "{before["doconv_mm/core/do_conv.py"]}" -> '
+        f'"{after["doconv_mm/core/do_conv.py"]}"']
 
 
 def test_derived_outputs_are_current_while_their_checkpoint_is(tmp_path):
@@ -174,6 +212,26 @@ def test_other_options_or_an_edited_config_refuse_and_retrain_trains_those_runs(
     report = comparison().collect()
     assert report['configs']['doconv']['values'] == pytest.approx([0.5, 0.6])
     assert report['configs']['stock']['values'] == pytest.approx([0.1, 0.3])  # kept
+
+
+def test_an_edit_to_the_training_code_refuses_recorded_runs_and_stops_a_study_under_way(
+        tmp_path, trainer, monkeypatch):
+    paths = configs(tmp_path)
+    work = str(tmp_path / 'work')
+    Comparison('root', paths, [0], work, cwd=str(tmp_path)).train()
+    edited = dict(training_code(), **{'doconv_mm/core/do_conv.py': '0' * 16})
+    monkeypatch.setattr(compare, 'run_fingerprint', lambda *a, **k: dict(
+        run_fingerprint(*a, **k), code=edited))
+    # recorded runs of the old code are not reported as this code's
+    with pytest.raises(StaleRun, match=r'^stock seed 0 .* code.doconv_mm/core/do_conv.py: '
+                       r'"[0-9a-f]{16}" -> "0{16}"; 1 more runs differ too; --retrain'):
+        Comparison('root', paths, [0], work, cwd=str(tmp_path)).collect()
+    # a run about to start while the code on disk is not the code this command started with
+    with pytest.raises(RuntimeError, match=r'^the training code changed since this command '
+                       r'started \(doconv_mm/core/do_conv.py: "0{16}" -> "[0-9a-f]{16}"\); run '
+                       r'it again$'):
+        Comparison('root', paths, [1], work, cwd=str(tmp_path)).train()
+    assert len(trainer.trained) == 2
 
 
 def test_a_run_without_a_fingerprint_is_not_read(tmp_path, trainer):

@@ -122,7 +122,8 @@ def test_the_study_reports_from_its_records_alone_and_continues_them_later(tmp_p
     """With :class:`StandIn` (a pretraining that repeats): each run is recorded as it finishes;
     with the work dirs gone (a later session) the study reports from the records alone, training
     nothing, not even the pretraining; a seed added later pretrains again and trains that seed
-    only; a seed one of whose configs another machine recorded trains all three here."""
+    only, each seed handed on when its runs are done; a seed one of whose configs another machine
+    recorded trains all three here."""
     work = tmp_path / 'work_dirs' / 'study' / 'det'
     stand_in = StandIn(work, repeats=True)
     monkeypatch.setattr(study.subprocess, 'run', stand_in)
@@ -155,8 +156,11 @@ def test_the_study_reports_from_its_records_alone_and_continues_them_later(tmp_p
     shutil.rmtree(tmp_path / 'work_dirs')  # a later session
     assert run_task([0]) == first
     assert len(stand_in.trained) == 4  # from the records alone
-    both = run_task([0, 1])
+    done = []  # each seed is handed on (to be evaluated) when its runs are recorded
+    both = run_task([0, 1], after_seed=lambda seed: done.append((seed, len(stand_in.trained), all(
+        (recs / 'det' / n / f'seed{seed}.json').is_file() for n in names))))
     assert stand_in.trained[4:] == ['pretrain'] + [osp.join(n, 'seed1') for n in names]
+    assert done == [(0, 5, True), (1, 8, True)]  # seed 0 before seed 1 trains
     assert [c['values'][0] for c in both['configs'].values()] == \
         [c['values'][0] for c in first['configs'].values()]
 
