@@ -56,7 +56,7 @@ from doconv_mm.atomic import write_files
 from .compare import config_name, last_checkpoint, run_dir
 from .fingerprint import is_current, record_sources, sources
 from .kernels import kernel_env
-from .paired_stats import chi2_quantile, paired
+from .paired_stats import chi2_quantile, paired, t_quantile
 from .records import read as read_record
 from .records import record_path
 from .records import write as write_record
@@ -207,6 +207,23 @@ def seeds_needed(parts: dict, images: int, target: float, most: int = 1000) -> O
         if half_width(parts, seeds, images) <= target:
             return seeds
     return None
+
+
+def t_half_width(parts: dict, seeds: int, images: int, confidence: float = 0.95) -> float:
+    """The half-width of the paired t-interval over ``seeds`` seeds that a study prints for its
+    fixed ``images`` validation images (:func:`.paired_stats.paired` of the per-seed
+    differences), at the expected variance of those differences, ``t(S-1) * sqrt((seed +
+    interaction(N)) / S)``. That interval holds the effect on those images: the image term they
+    share is not in it (:func:`half_width` holds the effect on new images)."""
+    scale = parts['subset_images'] / images
+    return t_quantile(0.5 + confidence / 2, seeds - 1) * math.sqrt(
+        (parts['seed_var'] + parts['inter_var'] * scale) / seeds)
+
+
+def t_seeds_needed(parts: dict, images: int, target: float, most: int = 1000) -> Optional[int]:
+    """The fewest seeds (>= 2) whose :func:`t_half_width` at ``images`` images is at most
+    ``target``; None past ``most``."""
+    return next((s for s in range(2, most + 1) if t_half_width(parts, s, images) <= target), None)
 
 
 def images_needed(parts: dict, target: float, confidence: float = 0.95) -> int:
@@ -435,6 +452,15 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
             out.append(f"\nNo number of seeds reaches ±{target} below "
                        f"{images_needed(c, target)} images [{images_needed(c['low'], target)}, "
                        f"{images_needed(c['high'], target)}] (the shared image term alone).\n")
+            need = [t_seeds_needed(p, big, target) for p in (c, c['low'], c['high'])]
+            out.append(f"The paired t-interval over seeds on these {big} images (README's; it "
+                       f"holds the effect on them, not the image term): expected half-width "
+                       + ', '.join(f'{t_half_width(c, s, big):.4f} at S = {s}'
+                                   for s in sorted({*seeds_grid[1:], k})
+                                   if s >= 2) +
+                       f"; the fewest seeds for ±{target}: " + ' '.join(
+                           [str(need[0] or '> 1000'), f"[{need[1] or '> 1000'}, "
+                            f"{need[2] or '> 1000'}]"]) + '.\n')
     return '\n'.join(out)
 
 

@@ -21,7 +21,8 @@ from experiments import noise, records
 from experiments.compare import config_name
 from experiments.fingerprint import file_id
 from experiments.noise import (DetSubsets, SegSubsets, decompose, estimate_var, half_width,
-                               images_needed, markdown, seeds_needed, subsets)
+                               images_needed, markdown, seeds_needed, subsets, t_half_width,
+                               t_seeds_needed)
 from experiments.paired_stats import paired, t_quantile
 from mm_helpers import ROOT
 
@@ -134,6 +135,29 @@ def test_predicted_half_width_matches_the_spread_of_a_studys_estimate():
     old = t_quantile(0.975, 11) * math.sqrt((seed_var + val * 16 / 256) / 12)
     assert old == pytest.approx(0.0073, rel=0.05)
     assert old < 0.85 * truth
+
+
+def test_t_half_width_is_the_mean_paired_interval_a_study_prints():
+    """README's interval: the paired t-interval over 12 seeds on 256 fixed images. Closed form
+    ``t(11) sqrt((seed + interaction * 16/256) / 12)``; over 4000 simulated studies (fresh seeds
+    and images each) the intervals that :func:`paired` prints are that wide on average, times
+    E[s] / sigma = c4(12) = 0.9775 (within 2%), whatever the images' shared effect (it is in
+    every seed's difference alike); the fewest seeds for a target meet it, one fewer do not."""
+    parts = dict(seed_var=SIM['seed_sd'] ** 2, image_var=SIM['image_sd'] ** 2,
+                 inter_var=SIM['inter_sd'] ** 2, subset_images=16)
+    expected = t_quantile(0.975, 11) * math.sqrt((0.0105 ** 2 + 0.015 ** 2 / 16) / 12)
+    assert t_half_width(parts, 12, 256) == pytest.approx(expected, rel=1e-12)
+    rng = np.random.default_rng(1)
+    widths = []
+    for _ in range(4000):
+        per_seed = experiment(rng, 12, 256, **SIM).mean(1)
+        d = paired(list(per_seed), [0.0] * 12)
+        widths.append((d['ci_high'] - d['ci_low']) / 2)
+    c4 = math.sqrt(2 / 11) * math.exp(math.lgamma(6) - math.lgamma(5.5))
+    assert c4 == pytest.approx(0.9775, abs=1e-4)
+    assert statistics.fmean(widths) == pytest.approx(c4 * expected, rel=0.02)
+    s = t_seeds_needed(parts, 256, 0.008)
+    assert t_half_width(parts, s, 256) <= 0.008 < t_half_width(parts, s - 1, 256)
 
 
 def test_intervals_cover_the_true_variances():
