@@ -172,13 +172,38 @@ LABELS = {'det': ('det, Faster R-CNN R18-FPN, bbox mAP', 4),
           'seg': ('seg, DeepLabv3 R18-D8, mIoU', 2)}  # a task's row label and its digits
 
 
+def _difference(d: dict, digits: int) -> str:
+    return (f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}], "
+            f"{d['p']:.3f}")
+
+
+def speed_summary(speeds: Dict[str, dict]) -> str:
+    """README's training-speed table: per task, each DO-Conv config's paired difference against
+    stock [95% CI], p, of the training loss in each third of the schedule and of the metric at
+    the first validation (``speeds``: :func:`.speed.compare_speed` of each task's report)."""
+    lines = ['| task | quantity | DO-Conv head − stock [95% CI], p | DO-Conv all − stock [95% CI], '
+             'p |', '| --- | --- | --- | --- |']
+    for task, sp in speeds.items():
+        label, digits = LABELS[task]
+        rows = [(f'training loss, iterations {lo}-{hi}', [c['loss'][w] for c in
+                                                          sp['configs'].values()], 4)
+                for w, (lo, hi) in enumerate(sp['windows'])]
+        rows.append((f"{sp['metric']} at the first validation (step {sp['steps'][0]} of "
+                     f"{sp['steps'][-1]})", [c['val'][0] for c in sp['configs'].values()],
+                     digits))
+        for quantity, diffs, k in rows:
+            lines.append(f'| {label.split(", ")[0]} | {quantity} | '
+                         + ' | '.join(_difference(d, k) for d in diffs) + ' |')
+    return '\n'.join(lines)
+
+
 def summary(reports: Dict[str, dict], noise_results: Sequence[dict] = ()) -> str:
     """README's table: per task, stock's final metric (mean ± std over seeds) and each DO-Conv
     config's paired difference [95% CI], p, on the study's validation set (``reports``, as
     :meth:`.Comparison.collect` makes them) and on the large split (``noise_results``, as
     :func:`.noise.run_task` makes them); then the machines the runs came from."""
-    lines = ['| task | validation images | stock (mean ± std) | DO-Conv head − stock [95% CI], p | '
-             'DO-Conv all − stock [95% CI], p |', '| --- | --- | --- | --- | --- |']
+    lines = ['| task | seeds | validation images | stock (mean ± std) | DO-Conv head − stock '
+             '[95% CI], p | DO-Conv all − stock [95% CI], p |', '| --- ' * 6 + '|']
     large = {r['task']: r for r in noise_results}
     every = []
     for task, report in reports.items():
@@ -191,10 +216,8 @@ def summary(reports: Dict[str, dict], noise_results: Sequence[dict] = ()) -> str
                          {name: c['paired'] for name, c in r['configs'].items()}))
         for images, stock, comparisons in rows:
             cells = [f'{statistics.fmean(stock):.{digits}f} ± {statistics.stdev(stock):.{digits}f}']
-            for d in comparisons.values():
-                cells.append(f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, "
-                             f"{d['ci_high']:+.{digits}f}], {d['p']:.3f}")
-            lines.append(f'| {label} | {images} | ' + ' | '.join(cells) + ' |')
+            cells += [_difference(d, digits) for d in comparisons.values()]
+            lines.append(f'| {label} | {len(stock)} | {images} | ' + ' | '.join(cells) + ' |')
         every += report['machines']
     merged = {}  # the machines of all tasks, each once
     for m in every:

@@ -43,7 +43,7 @@ from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
 from experiments import speed  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
-from experiments.study import SEEDS, TASKS, run_task, summary  # noqa: E402
+from experiments.study import SEEDS, TASKS, run_task, speed_summary, summary  # noqa: E402
 
 
 def main(argv=None):
@@ -122,12 +122,13 @@ def main(argv=None):
                                      need_checkpoint=need_checkpoint(task),
                                      after_seed=after_seed(task))
         print()
+    speeds = {}
     for task, report in reports.items():
         print(f'\n## {task}\n\n{markdown(report)}\n\nwrote ' + ', '.join(report['paths']))
-        train_speed = speed.compare_speed(report)
-        paths = speed.write(train_speed, osp.join(workspace, 'work_dirs', 'study', task,
-                                                  'speed'))
-        print(f'\n## {task}, training speed\n\n{speed.markdown(train_speed)}\n\nwrote '
+        speeds[task] = speed.compare_speed(report)
+        paths = speed.write(speeds[task], osp.join(workspace, 'work_dirs', 'study', task,
+                                                   'speed'))
+        print(f'\n## {task}, training speed\n\n{speed.markdown(speeds[task])}\n\nwrote '
               + ', '.join(paths))
     results = []
     if args.noise is not None:
@@ -140,6 +141,7 @@ def main(argv=None):
             [r], osp.join(workspace, 'work_dirs', 'study', r['task'], 'noise'))]
         print(f'\n## noise\n\n{noise.markdown(results)}\n\nwrote ' + ', '.join(paths))
     print(f'\n## summary (README)\n\n{summary(reports, results)}')
+    print(f'\n## training speed (README)\n\n{speed_summary(speeds)}')
     if args.int8:
         for engine in args.engines:
             with one_line_errors(osp.basename(__file__), subprocess.CalledProcessError,

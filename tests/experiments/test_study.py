@@ -212,14 +212,33 @@ def test_summary_is_readmes_table_from_the_reports():
     large = dict(task='det', images=512, metrics={'stock': {0: 0.1, 1: 0.2, 2: 0.3}},
                  configs={'head': dict(paired=diff), 'all': dict(paired=diff)})
     lines = study.summary({'det': report}, [large]).splitlines()
-    assert lines[2] == ('| det, Faster R-CNN R18-FPN, bbox mAP | 16 | 0.3000 ± 0.1000 | '
+    assert lines[2] == ('| det, Faster R-CNN R18-FPN, bbox mAP | 3 | 16 | 0.3000 ± 0.1000 | '
                         '+0.0120 [-0.0335, +0.0575], 0.374 | -0.5000 [-0.0335, +0.0575], 0.374 |')
-    assert lines[3].startswith('| det, Faster R-CNN R18-FPN, bbox mAP | 512 | 0.2000 ± 0.1000 |')
+    assert lines[3].startswith(
+        '| det, Faster R-CNN R18-FPN, bbox mAP | 3 | 512 | 0.2000 ± 0.1000 |')
     assert lines[5] == ('9 fine-tuning runs, recorded at abc1234, from Some CPU (avx2, 2 CPUs, '
                         'id abcdef012345): 9.')
     both = study.summary({'det': report, 'seg': report}).splitlines()
     assert both[-1].startswith('18 fine-tuning runs, recorded at abc1234, from Some CPU (') and \
         both[-1].endswith('id abcdef012345): 18.')  # one machine, named once
     seg = study.summary({'seg': dict(report, baseline='stock')}).splitlines()
-    assert seg[2].startswith('| seg, DeepLabv3 R18-D8, mIoU | 8 | 0.30 ± 0.10 | +0.01 [-0.03, ')
+    assert seg[2].startswith('| seg, DeepLabv3 R18-D8, mIoU | 3 | 8 | 0.30 ± 0.10 | +0.01 [-0.03, ')
     assert len(seg) == 5  # no large split given: one row
+
+
+def test_speed_summary_is_readmes_training_speed_table():
+    """study.speed_summary: per task, each DO-Conv config's paired loss difference per third of
+    the schedule and the metric's at the first validation, [CI], p."""
+    d = dict(mean=-0.0123, ci_low=-0.0456, ci_high=0.0210, p=0.4321)
+    config = dict(loss=[d, d, dict(d, mean=0.5)], val=[dict(d, mean=0.25), d])
+    sp = dict(metric='mIoU', windows=[(1, 50), (51, 100), (101, 150)], steps=[50, 150],
+              configs={'head': config, 'all': dict(config, val=[d, d])})
+    lines = study.speed_summary({'seg': sp}).splitlines()
+    assert lines[0] == ('| task | quantity | DO-Conv head − stock [95% CI], p | DO-Conv all − '
+                        'stock [95% CI], p |')
+    assert lines[2] == ('| seg | training loss, iterations 1-50 | -0.0123 [-0.0456, +0.0210], '
+                        '0.432 | -0.0123 [-0.0456, +0.0210], 0.432 |')
+    assert lines[4].startswith('| seg | training loss, iterations 101-150 | +0.5000 [')
+    assert lines[5] == ('| seg | mIoU at the first validation (step 50 of 150) | +0.25 [-0.05, '
+                        '+0.02], 0.432 | -0.01 [-0.05, +0.02], 0.432 |')
+    assert len(lines) == 6
