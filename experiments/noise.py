@@ -449,9 +449,10 @@ def markdown(results: Sequence[dict], seeds_grid=(3, 5, 10, 20)) -> str:
                 out.append(f"| {images} | {cells} | {_seeds(c, images, target)} "
                            f"[{_seeds(c['low'], images, target)}, "
                            f"{_seeds(c['high'], images, target)}] |")
-            out.append(f"\nNo number of seeds reaches ±{target} below "
-                       f"{images_needed(c, target)} images [{images_needed(c['low'], target)}, "
-                       f"{images_needed(c['high'], target)}] (the shared image term alone).\n")
+            out.append(f"\nThe fewest validation images at which enough seeds reach "
+                       f"±{target} (below them the shared image term alone is wider): "
+                       f"{images_needed(c, target)} [{images_needed(c['low'], target)}, "
+                       f"{images_needed(c['high'], target)}].\n")
             need = [t_seeds_needed(p, big, target) for p in (c, c['low'], c['high'])]
             out.append(f"The paired t-interval over seeds on these {big} images (README's; it "
                        f"holds the effect on them, not the image term): expected half-width "

@@ -255,7 +255,8 @@ def test_markdown_names_every_config_and_the_target():
         f"{math.sqrt(parts['high']['image_var']):.4f}]" in text
     need = [seeds_needed(p, 48, 0.01) or '> 1000' for p in (parts, parts['low'], parts['high'])]
     assert f'| {need[0]} [{need[1]}, {need[2]}] |' in text
-    assert f"No number of seeds reaches ±0.01 below {images_needed(parts, 0.01)} images" in text
+    assert (f"The fewest validation images at which enough seeds reach ±0.01 (below them the "
+            f"shared image term alone is wider): {images_needed(parts, 0.01)} [") in text
     # the paired comparison on the large split: mean 0.15, sd 0.0707, t(0.975, 1) = 12.706
     half = 12.7062 * 0.1 / 2 ** 0.5 / 2 ** 0.5
     assert f'| do-all | +0.1500 | [{0.15 - half:+.4f}, {0.15 + half:+.4f}] |' in text
