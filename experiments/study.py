@@ -168,6 +168,18 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
     return report
 
 
+def recorded_seeds(records_dir: str, task: str, seeds: Sequence[int], needs=None) -> list:
+    """The seeds of ``seeds`` whose fine-tuning runs are all recorded in ``records_dir``/``task``
+    and, with ``needs(config, seed, record)`` (what still needs a run's checkpoint: an
+    evaluation not recorded yet), need nothing more: a study in progress reports these."""
+    def done(config, seed):
+        record = records.read(records.record_path(osp.join(records_dir, task),
+                                                  config_name(config), seed))
+        return record is not None and not (needs and needs(config, seed, record))
+
+    return [s for s in seeds if all(done(c, s) for c in TASKS[task]['configs'])]
+
+
 LABELS = {'det': ('det, Faster R-CNN R18-FPN, bbox mAP', 4),
           'seg': ('seg, DeepLabv3 R18-D8, mIoU', 2)}  # a task's row label and its digits
 

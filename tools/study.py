@@ -3,7 +3,7 @@ vs DO-Conv all from it over seeds (default: the sized study's, 12 for det and 6 
 paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds S ...] [--workspace DIR] [--records DIR]
-                          [--cfg-options k=v ...] [--retrain] [--noise [IMAGES]]
+                          [--cfg-options k=v ...] [--retrain] [--recorded] [--noise [IMAGES]]
                           [--int8 [--calib N] [--engines E ...]]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}, from the runs' records
@@ -27,7 +27,8 @@ intervals (experiments/noise.py; WORKSPACE/work_dirs/study/{det,seg}/noise.{md,j
 paired by seed (experiments/quant_study.py), once per engine (default both: the simulation,
 WORKSPACE/work_dirs/study/int8.md, and onnxruntime, int8.onnxruntime.md).
 A seed's runs are evaluated (--noise, --int8) as soon as the seed is trained, so that a study
-stopped anywhere keeps every finished seed complete in its records.
+stopped anywhere keeps every finished seed complete in its records; --recorded reports those
+seeds alone (with the same --noise and --int8), training nothing: a study in progress.
 Both are recorded with the runs, tied to their checkpoints' hashes: a run whose evaluations are
 recorded is not needed on disk; one whose are not is trained again where its checkpoint is gone.
 """
@@ -43,7 +44,8 @@ from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
 from experiments import speed  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
-from experiments.study import SEEDS, TASKS, run_task, speed_summary, summary  # noqa: E402
+from experiments.study import (SEEDS, TASKS, recorded_seeds, run_task, speed_summary,  # noqa
+                               summary)
 
 
 def main(argv=None):
@@ -60,6 +62,9 @@ def main(argv=None):
                         'experiments/records; give another folder for other --cfg-options)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
+    parser.add_argument('--recorded', action='store_true',
+                        help='report the seeds whose runs (and evaluations) are all recorded, '
+                        'training nothing: a study in progress')
     parser.add_argument('--retrain', action='store_true',
                         help='train again the fine-tuning runs that another config, seed, '
                         'loaded checkpoint or package version trained')
@@ -112,6 +117,12 @@ def main(argv=None):
                                        log=lambda msg: print('\n' + msg), records_dir=records)
         return evaluate
 
+    for task in args.tasks if args.recorded else ():
+        seeds[task] = recorded_seeds(records, task, seeds[task], need_checkpoint(task))
+        if len(seeds[task]) < 2:
+            parser.error(f'--recorded: {task} has {len(seeds[task])} seeds recorded in full in '
+                         f'{records}, a paired test needs two or more')
+        print(f'{task}: the recorded seeds {seeds[task]}')
     for task in args.tasks:
         bar = ProgressBar(len(TASKS[task]['configs']) * len(seeds[task]))
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError,

@@ -242,3 +242,16 @@ def test_speed_summary_is_readmes_training_speed_table():
     assert lines[5] == ('| seg | mIoU at the first validation (step 50 of 150) | +0.25 [-0.05, '
                         '+0.02], 0.432 | -0.01 [-0.05, +0.02], 0.432 |')
     assert len(lines) == 6
+
+
+def test_recorded_seeds_are_those_with_every_run_recorded_and_evaluated(tmp_path):
+    """study.recorded_seeds, what tools/study.py --recorded reports: a seed counts when its three
+    runs are recorded and ``needs`` asks nothing more of any of them."""
+    names = [config_name(c) for c in TASKS['seg']['configs']]
+    for seed, present in ((0, names), (1, names[:2]), (2, names), (3, names)):
+        for name in present:
+            records.write(records.record_path(str(tmp_path / 'seg'), name, seed),
+                          dict(seed=seed, large={'512': 1} if seed != 3 else {}))
+    assert study.recorded_seeds(str(tmp_path), 'seg', [0, 1, 2, 3, 4]) == [0, 2, 3]
+    needs = lambda config, seed, record: '512' not in record['large']  # noqa: E731
+    assert study.recorded_seeds(str(tmp_path), 'seg', [3, 2, 0], needs) == [2, 0]
