@@ -104,6 +104,9 @@ def main(argv=None):
                                                       args.engines))
         return lambda *run: any(need(*run) for need in needs)
 
+    def log(msg):  # below a progress bar
+        print('\n' + msg)
+
     def after_seed(task):
         """Evaluate a seed's runs as soon as they are trained, so that every seed a study
         finishes is complete in its records."""
@@ -111,10 +114,10 @@ def main(argv=None):
             if args.noise is not None:
                 for config in TASKS[task]['configs']:
                     noise.evaluate_run(ROOT, workspace, task, config, seed, args.noise,
-                                       log=lambda msg: print('\n' + msg), records_dir=records)
+                                       log=log, records_dir=records)
             for engine in args.engines if args.int8 else ():
                 quant_study.check_seed(ROOT, workspace, task, seed, args.calib, engine,
-                                       log=lambda msg: print('\n' + msg), records_dir=records)
+                                       log=log, records_dir=records)
         return evaluate
 
     for task in args.tasks if args.recorded else ():
@@ -128,7 +131,7 @@ def main(argv=None):
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError,
                              subprocess.CalledProcessError):
             reports[task] = run_task(ROOT, workspace, task, seeds[task], args.cfg_options,
-                                     log=lambda msg: print('\n' + msg), progress=bar.update,
+                                     log=log, progress=bar.update,
                                      retrain=args.retrain, records_dir=records,
                                      need_checkpoint=need_checkpoint(task),
                                      after_seed=after_seed(task))
