@@ -58,6 +58,17 @@ TASKS = {
 # the sized study's seeds: enough for a 95% half-width of about 0.01 bbox mAP and 0.5 mIoU on
 # the large split (the noise study's sizing, docs/study.md)
 SEEDS = {'det': list(range(12)), 'seg': list(range(6))}
+# tools/study.py --quick: every step on a schedule of minutes, a smoke run of the pipeline (its
+# numbers say nothing about DO-Conv): the pretraining's options, then the fine-tuning runs'
+QUICK = {
+    'det': (['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+             'default_hooks.checkpoint.interval=1'],
+            ['train_cfg.max_epochs=2']),
+    'seg': (['train_cfg.max_iters=20', 'train_cfg.val_interval=20',
+             'default_hooks.checkpoint.interval=20', 'param_scheduler.0.end=20'],
+            ['train_cfg.max_iters=30', 'train_cfg.val_interval=10',
+             'default_hooks.checkpoint.interval=10', 'param_scheduler.0.end=30']),
+}
 PRETRAIN_SEED = 100  # the pretraining set's images and the pretraining run's seed
 STUDY_IMAGES = {'det': 16, 'seg': 8}  # the toy sets' validation images (tools/make_toy_data.py)
 
@@ -88,8 +99,10 @@ def backbone_checkpoint(src: str, dst: str, prefix: str = 'backbone.') -> int:
 def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
              cfg_options: Sequence[str] = (), log: Callable[[str], None] = print,
              progress: Optional[Callable[[], None]] = None, retrain: bool = False,
-             records_dir: Optional[str] = None, need_checkpoint=None, after_seed=None) -> Dict:
-    """One task's steps 1-3 (see the module doc); returns the comparison's report. Each run,
+             records_dir: Optional[str] = None, need_checkpoint=None, after_seed=None,
+             pretrain_options: Sequence[str] = ()) -> Dict:
+    """One task's steps 1-3 (see the module doc); returns the comparison's report
+    (``cfg_options``: of every fine-tuning run; ``pretrain_options``: of the pretraining). Each run,
     the pretraining included, is recorded in ``records_dir``/``task`` (default
     ``workspace``/work_dirs/study/records; :mod:`.records`): a recorded run is not trained again
     (unless ``need_checkpoint(config, seed, record)``; :meth:`.Comparison.train`, which calls
@@ -107,7 +120,8 @@ def run_task(root: str, workspace: str, task: str, seeds: Sequence[int],
                        check=True, stdout=subprocess.DEVNULL)
     backbone = osp.join(study, 'pretrained_backbone.pth')
     pretrain_dir = osp.join(study, 'pretrain')
-    options = [*seed_options(PRETRAIN_SEED), *data_options(task, spec['pretrain_data'])]
+    options = [*seed_options(PRETRAIN_SEED), *data_options(task, spec['pretrain_data']),
+               *pretrain_options]
     fingerprint = run_fingerprint(resolved_config(osp.join(root, spec['pretrain']), options),
                                   PRETRAIN_SEED, workspace)
     pre_path = records.record_path(task_records, config_name(spec['pretrain']), PRETRAIN_SEED)

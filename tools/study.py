@@ -4,7 +4,7 @@ paired by seed (experiments/study.py does the work).
 
     python tools/study.py [--tasks det seg] [--seeds S ...] [--workspace DIR] [--records DIR]
                           [--cfg-options k=v ...] [--retrain] [--recorded] [--noise [IMAGES]]
-                          [--int8 [--calib N] [--engines E ...]]
+                          [--int8 [--calib N] [--engines E ...]] [--quick]
 
 Results: WORKSPACE/work_dirs/study/{det,seg}/compare.{md,json,png}, from the runs' records
 (experiments/records/{det,seg}/<config>/seed<k>.json, committed: experiments/records.py): a
@@ -31,8 +31,13 @@ stopped anywhere keeps every finished seed complete in its records; --recorded r
 seeds alone (with the same --noise and --int8), training nothing: a study in progress.
 Both are recorded with the runs, tied to their checkpoints' hashes: a run whose evaluations are
 recorded is not needed on disk; one whose are not is trained again where its checkpoint is gone.
+--quick: a smoke run of every step (with --noise 64 --int8, the evaluations too): seeds 0 and 1
+(unless --seeds), the pretraining and fine-tuning on short schedules (experiments/study.py's
+QUICK, before --cfg-options), in the workspace work_dirs/study_quick with its records there
+(unless --workspace, --records), never the checkout's; its numbers say nothing about DO-Conv.
 """
 import argparse
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -44,8 +49,8 @@ from doconv_mm.atomic import write  # noqa: E402
 from doconv_mm.requirements import one_line_errors  # noqa: E402
 from experiments import speed  # noqa: E402
 from experiments.compare import markdown  # noqa: E402
-from experiments.study import (SEEDS, TASKS, recorded_seeds, run_task, speed_summary,  # noqa
-                               summary)
+from experiments.study import (QUICK, SEEDS, TASKS, recorded_seeds, run_task,  # noqa: E402
+                               speed_summary, summary)
 
 
 def main(argv=None):
@@ -55,11 +60,13 @@ def main(argv=None):
     parser.add_argument('--seeds', type=int, nargs='+', default=None,
                         help='default: the sized study\'s, per task (' + '; '.join(
                             f'{t}: {s[0]}-{s[-1]}' for t, s in SEEDS.items()) + ')')
-    parser.add_argument('--workspace', default=ROOT,
-                        help='where data/ and work_dirs/ go (default: the checkout)')
-    parser.add_argument('--records', default=osp.join(ROOT, 'experiments', 'records'),
+    parser.add_argument('--workspace', default=None,
+                        help='where data/ and work_dirs/ go (default: the checkout; --quick: '
+                        'its work_dirs/study_quick)')
+    parser.add_argument('--records', default=None,
                         help='where each finished run is recorded (default: the checkout\'s '
-                        'experiments/records; give another folder for other --cfg-options)')
+                        'experiments/records; --quick: WORKSPACE/work_dirs/study/records; give '
+                        'another folder for other --cfg-options)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override settings of every fine-tuning run')
     parser.add_argument('--recorded', action='store_true',
@@ -72,6 +79,9 @@ def main(argv=None):
                         metavar='IMAGES', help='then split the differences into seed, '
                         'image and interaction noise on IMAGES new validation images '
                         '(default 512)')
+    parser.add_argument('--quick', action='store_true',
+                        help='a smoke run of every step on short schedules, seeds 0 and 1, '
+                        'in a workspace of its own; its numbers say nothing about DO-Conv')
     parser.add_argument('--int8', action='store_true',
                         help='then check int8 of DO-Conv all vs stock, per seed')
     parser.add_argument('--calib', type=int, default=32,
@@ -92,8 +102,16 @@ def main(argv=None):
     from mmengine.utils import ProgressBar
     from experiments import noise, quant_study
     start, reports = time.perf_counter(), {}
-    records, workspace = osp.abspath(args.records), osp.abspath(args.workspace)
-    seeds = {task: args.seeds or SEEDS[task] for task in args.tasks}
+    workspace = osp.abspath(args.workspace or (osp.join(ROOT, 'work_dirs', 'study_quick')
+                                               if args.quick else ROOT))
+    records = osp.abspath(args.records or (
+        osp.join(workspace, 'work_dirs', 'study', 'records') if args.quick
+        else osp.join(ROOT, 'experiments', 'records')))
+    os.makedirs(workspace, exist_ok=True)
+    seeds = {task: args.seeds or ([0, 1] if args.quick else SEEDS[task]) for task in args.tasks}
+    pretrain_options = {task: QUICK[task][0] if args.quick else [] for task in args.tasks}
+    cfg_options = {task: (QUICK[task][1] if args.quick else []) + args.cfg_options
+                   for task in args.tasks}
 
     def need_checkpoint(task):
         """The recorded runs to have on this machine: those that --noise or --int8 has not
@@ -130,11 +148,12 @@ def main(argv=None):
         bar = ProgressBar(len(TASKS[task]['configs']) * len(seeds[task]))
         with one_line_errors(osp.basename(__file__), ValueError, RuntimeError,
                              subprocess.CalledProcessError):
-            reports[task] = run_task(ROOT, workspace, task, seeds[task], args.cfg_options,
+            reports[task] = run_task(ROOT, workspace, task, seeds[task], cfg_options[task],
                                      log=log, progress=bar.update,
                                      retrain=args.retrain, records_dir=records,
                                      need_checkpoint=need_checkpoint(task),
-                                     after_seed=after_seed(task))
+                                     after_seed=after_seed(task),
+                                     pretrain_options=pretrain_options[task])
         print()
     speeds = {}
     for task, report in reports.items():

@@ -46,6 +46,23 @@ def test_data_options_and_study_configs():
         assert all(osp.isfile(osp.join(ROOT, c)) for c in spec['configs'] + [spec['pretrain']])
 
 
+@pytest.mark.parametrize('task', list(TASKS))
+def test_quick_schedules_resolve_short_with_a_checkpoint_at_the_end(task):
+    """study.QUICK on each task's configs: the pretraining and the fine-tuning runs train a few
+    minutes, validate at least once and checkpoint their last step (what the study loads)."""
+    pre, fine = study.QUICK[task]
+    for config, options in [(TASKS[task]['pretrain'], pre)] + [(c, fine) for c in
+                                                               TASKS[task]['configs']]:
+        cfg = resolved_config(osp.join(ROOT, config), options)
+        train, every = cfg['train_cfg'], cfg['default_hooks']['checkpoint']['interval']
+        last = train.get('max_epochs', train.get('max_iters'))
+        assert last == {'det': (1, 2), 'seg': (20, 30)}[task][config != TASKS[task]['pretrain']]
+        assert train['val_interval'] <= last and last % every == 0
+        if task == 'seg':  # the learning rate decays over the short schedule
+            assert cfg['param_scheduler'][0]['end'] == last
+        assert final_checkpoint(cfg).endswith(f'_{last}.pth')
+
+
 REAL_RUN = subprocess.run
 
 
@@ -54,10 +71,11 @@ class StandIn:
     last checkpoint (its backbone weight: the count of trainings so far, or 1 for every
     pretraining where ``repeats``), a validation record (a metric of the run's folder name) and
     a log of 150 s, and checks that it runs with the CPU kernels pinned
-    (experiments/kernels.py); ``trained`` lists the folders it trained, relative to ``work``."""
+    (experiments/kernels.py); ``trained`` lists the folders it trained, relative to ``work``;
+    ``iters``: the training loss logged at iterations 1..iters."""
 
-    def __init__(self, work, repeats=False):
-        self.work, self.repeats, self.trained = work, repeats, []
+    def __init__(self, work, repeats=False, iters=1):
+        self.work, self.repeats, self.trained, self.iters = work, repeats, [], iters
 
     def __call__(self, cmd, cwd=None, env=None, check=False, stdout=None, stderr=None, **kwargs):
         if cmd[0] == 'git':  # the records' commit
@@ -78,7 +96,8 @@ class StandIn:
         stamp = osp.join(work_dir, f'2026{len(self.trained):04d}')
         os.makedirs(osp.join(stamp, 'vis_data'))
         with open(osp.join(stamp, 'vis_data', 'scalars.json'), 'w') as f:
-            f.write(json.dumps(dict(loss=1.0, iter=1)) + '\n')
+            for i in range(1, self.iters + 1):
+                f.write(json.dumps(dict(loss=1.0 / i, iter=i)) + '\n')
             f.write(json.dumps({'coco/bbox_mAP': zlib.crc32(run.encode()) % 1000 / 1000,
                                 'step': 1}) + '\n')
         with open(osp.join(stamp, f'2026{len(self.trained):04d}.log'), 'w') as f:
@@ -199,6 +218,45 @@ def test_a_pretraining_that_does_not_repeat_stops_the_continued_study(tmp_path, 
     study.run_task(ROOT, str(tmp_path), 'det', [0, 1], log=lambda msg: None, records_dir=recs,
                    retrain=True)
     assert stand_in.trained[5:] == [osp.join(n, f'seed{s}') for s in (0, 1) for n in names]
+
+
+def test_quick_runs_every_step_on_short_schedules_in_a_workspace_of_its_own(
+        tmp_path, monkeypatch, capsys):
+    """tools/study.py --quick with :class:`StandIn`: the pretraining with QUICK's options, the
+    three configs over seeds 0 and 1 with the short schedule (then --cfg-options), recorded in
+    its workspace's records (the runs trained in its work_dirs, not the checkout's); the report
+    printed."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('study_tool', osp.join(ROOT, 'tools/study.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    workspace = tmp_path / 'quick'  # not there yet: the tool makes it
+    work = workspace / 'work_dirs' / 'study' / 'det'
+    stand_in, commands = StandIn(work, repeats=True, iters=3), {}
+
+    def run(cmd, **kwargs):
+        if '--work-dir' in cmd:
+            commands[osp.relpath(cmd[cmd.index('--work-dir') + 1], work)] = cmd
+        return stand_in(cmd, **kwargs)
+
+    monkeypatch.setattr(study.subprocess, 'run', run)
+    tool.main(['--quick', '--tasks', 'det', '--workspace', str(workspace),
+               '--cfg-options', 'optim_wrapper.optimizer.lr=0.02'])
+    names = [config_name(c) for c in TASKS['det']['configs']]
+    assert stand_in.trained == ['pretrain'] + [osp.join(n, f'seed{s}') for s in (0, 1)
+                                               for n in names]
+    pre, fine = study.QUICK['det']
+    pretrain = commands['pretrain']
+    assert pretrain[pretrain.index('--cfg-options') + 1:][-len(pre):] == pre
+    for name in names:
+        cmd = commands[osp.join(name, 'seed1')]
+        assert cmd[cmd.index('--cfg-options') + 1:][-len(fine) - 1:] == \
+            fine + ['optim_wrapper.optimizer.lr=0.02']
+        assert (workspace / 'work_dirs' / 'study' / 'records' / 'det' / name / 'seed1.json'
+                ).is_file()
+    recorded = json.loads((work / names[0] / 'seed0' / 'fingerprint.json').read_text())
+    assert recorded['config']['train_cfg']['max_epochs'] == 2
+    assert '## summary (README)' in capsys.readouterr().out
 
 
 def test_summary_is_readmes_table_from_the_reports():
