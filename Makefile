@@ -25,9 +25,9 @@ demo-seg: setup
 	$(PY) tools/demo.py --task seg
 
 # Pretrain a plain backbone, fine-tune stock / DO-Conv head / DO-Conv all over the sized study's
-# seeds (12 det, 6 seg), paired comparison (toy data; docs/study.md), each run on 512 new
+# seeds (19 det, 6 seg), paired comparison (toy data; docs/study.md), each run on 512 new
 # validation images, int8 of DO-Conv all vs stock per seed (docs/quantization.md). Reports from
-# the committed records (experiments/records/) and trains only what they lack (about 5.5 hours
+# the committed records (experiments/records/) and trains only what they lack (about 7.5 hours
 # on 2 CPU threads from nothing).
 study: setup
 	$(PY) tools/study.py --noise --int8
